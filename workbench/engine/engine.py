@@ -1,0 +1,222 @@
+"""LLMEngine: add requests, step (schedule -> run -> postprocess), generate, stream."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator
+
+from workbench.engine.block_manager import BlockManager
+from workbench.engine.config import EngineConfig
+from workbench.engine.detokenizer import IncrementalDetokenizer
+from workbench.engine.kv_cache import allocate_kv_cache, num_blocks_for
+from workbench.engine.outputs import RequestMetrics, RequestOutput
+from workbench.engine.runner import ModelRunner
+from workbench.engine.sampling_params import SamplingParams
+from workbench.engine.scheduler import Scheduler, SchedulerConfig
+from workbench.engine.sequence import Sequence
+from workbench.engine.telemetry import StepRecord
+
+
+class LLMEngine:
+    def __init__(self, model, model_config, tokenizer, config: EngineConfig, model_path=None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.model = model
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        self.config = config
+        self.model_path = model_path
+        self.clock = clock
+        self.max_model_len = config.max_model_len or model_config.max_position_embeddings
+        if not config.enable_chunked_prefill and config.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens: must be >= max_model_len ({self.max_model_len}) when "
+                f"enable_chunked_prefill is False, got {config.max_num_batched_tokens}")
+        param = next(model.parameters())
+        self.dtype, self.device = param.dtype, param.device
+        self.num_kv_blocks = num_blocks_for(
+            model_config, config.block_size, self.dtype, self.device, config.num_kv_blocks,
+            config.kv_cache_memory, config.max_num_seqs, self.max_model_len)
+        self.kv_caches = allocate_kv_cache(model_config, self.num_kv_blocks, config.block_size,
+                                           self.dtype, self.device)
+        self.block_manager = BlockManager(self.num_kv_blocks, config.block_size)
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
+                            config.enable_chunked_prefill, model_config.eos_token_ids),
+            self.block_manager)
+        self.runner = ModelRunner(model, self.kv_caches, config.block_size, config.seed)
+        self.telemetry: list[StepRecord] = []
+        self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._ids = itertools.count()
+        self._live: dict[str, Sequence] = {}
+
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike, config: EngineConfig | None = None,
+                        **kwargs) -> LLMEngine:
+        """A preset name ("tiny", "small", ...) or a local HF checkpoint directory."""
+        from workbench.models.loader import load_model, load_tokenizer
+
+        config = config or EngineConfig()
+        net, cfg, path = load_model(model, config.dtype, config.device, config.max_model_len)
+        return cls(net, cfg, load_tokenizer(path), config, path, **kwargs)
+
+    # -- requests ----------------------------------------------------------------------------
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt: must not be empty")
+            return list(self.tokenizer(prompt)["input_ids"])
+        if not isinstance(prompt, list | tuple) or not prompt:
+            raise ValueError("prompt: must be a non-empty string or list of token ids")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt: token ids must be integers in [0, {vocab}), got {bad[:3]}")
+        return list(prompt)
+
+    def add_request(self, request_id: str | None, prompt: str | list[int],
+                    params: SamplingParams | None = None, priority: int = 0,
+                    arrival_time: float | None = None) -> str:
+        """Queue a request; bad input raises ValueError naming the field, and changes nothing."""
+        request_id = str(next(self._ids)) if request_id is None else str(request_id)
+        if request_id in self._live:
+            raise ValueError(f"request_id: {request_id!r} is already in use")
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params: must be SamplingParams, got {type(params).__name__}")
+        ids = self.encode(prompt)
+        seq = Sequence(request_id, ids, len(ids), params,
+                       self.clock() if arrival_time is None else arrival_time, priority)
+        self.scheduler.add(seq)  # raises RequestRejected (a ValueError) if it can never fit
+        self._live[request_id] = seq
+        self._detok[request_id] = IncrementalDetokenizer(self.tokenizer, len(ids))
+        return request_id
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        seq = self._live.get(request_id)
+        if seq is None:
+            return None
+        self.scheduler.finish(seq, "abort", self.clock())
+        return self._output(seq, [], "")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # -- one step ----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, postprocess; outputs for requests that got a token."""
+        t_start = self.clock()
+        sched = self.scheduler.schedule(t_start)
+        if sched.is_empty:
+            return []
+        sampled = self.runner.execute(sched.scheduled)
+        t_end = self.clock()
+        self.scheduler.update(sched, sampled, t_end)
+        self.telemetry.append(StepRecord(
+            step=len(self.telemetry), t_start=t_start, t_end=t_end,
+            num_prefill_tokens=sched.num_prefill_tokens,
+            num_decode_seqs=sched.num_decode_seqs,
+            num_seqs=len(sched.scheduled),
+            sum_context_tokens=sum(s.seq.num_computed_tokens for s in sched.scheduled),
+            kv_blocks_used=self.block_manager.num_used_blocks,
+            kv_blocks_total=self.block_manager.num_blocks,
+            num_preempted=len(sched.preempted),
+            num_waiting=self.scheduler.num_waiting,
+        ))
+        outputs = []
+        for sch, token in zip(sched.scheduled, sampled, strict=True):
+            if token is not None:
+                outputs.append(self._postprocess(sch.seq, token, t_end))
+        return outputs
+
+    def _postprocess(self, seq: Sequence, token: int, now: float) -> RequestOutput:
+        detok = self._detok[seq.request_id]
+        delta = detok.update(seq.token_ids, final=seq.is_finished)
+        stops = seq.params.stop
+        if stops:
+            # Only the tail can hold a new match: the delta plus the longest stop string.
+            tail_from = max(0, len(detok.text) - len(delta) - max(map(len, stops)) + 1)
+            hits = [i for s in stops if (i := detok.text.find(s, tail_from)) != -1]
+            if hits:
+                cut = min(hits)
+                delta = delta[: max(0, len(delta) - (len(detok.text) - cut))]
+                detok.text = detok.text[:cut]
+                if seq.is_finished:  # the same token also hit max_tokens: the stop string wins
+                    seq.finish_reason = "stop"
+                else:
+                    self.scheduler.finish(seq, "stop", now)
+        return self._output(seq, [token], delta)
+
+    def _output(self, seq: Sequence, new_ids: list[int], new_text: str) -> RequestOutput:
+        if seq.is_finished:
+            self._live.pop(seq.request_id, None)
+            detok = self._detok.pop(seq.request_id)
+        else:
+            detok = self._detok[seq.request_id]
+        return RequestOutput(seq.request_id, seq.prompt_token_ids, seq.output_token_ids, new_ids,
+                             detok.text, new_text, seq.is_finished, seq.finish_reason,
+                             RequestMetrics.of(seq))
+
+    # -- conveniences ------------------------------------------------------------------------
+    def generate(self, prompts: list[str] | list[list[int]],
+                 params: SamplingParams | list[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        """Run prompts to completion; outputs come back in prompt order."""
+        if isinstance(params, list):
+            if len(params) != len(prompts):
+                raise ValueError(f"params: {len(params)} given for {len(prompts)} prompts")
+            per_prompt = params
+        else:
+            per_prompt = [params or SamplingParams()] * len(prompts)
+        ids = []
+        try:
+            for prompt, p in zip(prompts, per_prompt, strict=True):
+                ids.append(self.add_request(None, prompt, p))
+        except ValueError:
+            for rid in ids:  # all or nothing: do not leave half a batch queued
+                self.abort(rid)
+            raise
+        wanted = set(ids)
+        done: dict[str, RequestOutput] = {}
+        bar = _progress(len(ids), use_tqdm)
+        while len(done) < len(ids) and self.has_unfinished():
+            for out in self.step():
+                if out.finished and out.request_id in wanted:
+                    done[out.request_id] = out
+                    bar.update(1)
+        bar.close()
+        return [done[rid] for rid in ids]
+
+    def stream(self, prompt: str | list[int], params: SamplingParams | None = None,
+               request_id: str | None = None) -> Iterator[RequestOutput]:
+        """Yield this request's output at every step that produced a token (deltas included).
+
+        Other queued requests advance too; breaking out of the loop aborts this request."""
+        rid = self.add_request(request_id, prompt, params)
+        finished = False
+        try:
+            while not finished:
+                for out in self.step():
+                    if out.request_id == rid:
+                        finished = out.finished
+                        yield out
+        finally:
+            if not finished:
+                self.abort(rid)
+
+
+class _NullBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="generate", unit="req")

@@ -1,0 +1,107 @@
+"""Turns a scheduled step into tensors, runs the model over the paged cache, samples tokens.
+
+Layout of the flat batch: all single-token queries first (decodes, attended in one batched
+call), then multi-token prefill chunks. Logits are computed only for rows that sample.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.engine.sampler import sample
+from workbench.engine.scheduler import ScheduledSeq
+from workbench.models.attention import AttentionMetadata, PrefillChunk
+from workbench.models.llama import LlamaForCausalLM
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, kv_caches, block_size: int, seed: int):
+        self.model = model
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.device = next(model.parameters()).device
+        self.window = model.config.sliding_window
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[ScheduledSeq]) -> list[int | None]:
+        """Run one step; return the sampled token per scheduled entry (None: mid-prefill)."""
+        decodes = [i for i, s in enumerate(scheduled) if s.num_tokens == 1]
+        prefills = [i for i, s in enumerate(scheduled) if s.num_tokens > 1]
+        order = decodes + prefills
+
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        sample_rows: list[int] = []
+        sample_entries: list[int] = []
+        chunks: list[PrefillChunk] = []
+        bs = self.block_size
+        for i in order:
+            sch = scheduled[i]
+            seq, n = sch.seq, sch.num_tokens
+            start = seq.num_computed_tokens
+            table = seq.block_table
+            if n > 1:
+                chunks.append(self._chunk(len(input_ids), n, start, table))
+            input_ids.extend(seq.token_ids[start : start + n])
+            positions.extend(range(start, start + n))
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+            if sch.samples:
+                sample_rows.append(len(input_ids) - 1)
+                sample_entries.append(i)
+
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, device=dev),
+            num_decode=len(decodes),
+            decode_block_tables=None,
+            decode_mask=None,
+            prefills=chunks,
+        )
+        if decodes:
+            self._decode_metadata(meta, [scheduled[i].seq for i in decodes])
+
+        hidden = self.model(torch.tensor(input_ids, device=dev),
+                            torch.tensor(positions, device=dev), self.kv_caches, meta)
+        result: list[int | None] = [None] * len(scheduled)
+        if sample_rows:
+            logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)])
+            seqs = [scheduled[i].seq for i in sample_entries]
+            tokens = sample(logits, [s.params for s in seqs], [s.num_tokens for s in seqs],
+                            self.generator)
+            for i, tok in zip(sample_entries, tokens, strict=True):
+                result[i] = tok
+        return result
+
+    def _decode_metadata(self, meta: AttentionMetadata, seqs) -> None:
+        """Block tables padded to the longest context, and a mask hiding the padding."""
+        bs = self.block_size
+        ctx = [s.num_computed_tokens + 1 for s in seqs]
+        width = -(-max(ctx) // bs)
+        tables = [s.block_table[:width] + [0] * (width - len(s.block_table[:width]))
+                  for s in seqs]
+        dev = self.device
+        meta.decode_block_tables = torch.tensor(tables, device=dev)
+        key_pos = torch.arange(width * bs, device=dev)
+        ctx_t = torch.tensor(ctx, device=dev).unsqueeze(1)
+        mask = key_pos < ctx_t
+        if self.window is not None:
+            mask &= key_pos >= ctx_t - self.window  # query sits at position ctx - 1
+        meta.decode_mask = mask[:, None, None, :]
+
+    def _chunk(self, flat_start: int, n: int, start: int, table: list[int]) -> PrefillChunk:
+        ctx = start + n
+        window_bites = self.window is not None and ctx > self.window
+        if start == 0 and not window_bites:
+            return PrefillChunk(flat_start, n, ctx, None, None)  # plain causal over itself
+        dev = self.device
+        q_pos = torch.arange(start, ctx, device=dev).unsqueeze(1)
+        k_pos = torch.arange(ctx, device=dev).unsqueeze(0)
+        mask = k_pos <= q_pos
+        if self.window is not None:
+            mask &= k_pos > q_pos - self.window
+        blocks = None
+        if start > 0:
+            blocks = torch.tensor(table[: -(-ctx // self.block_size)], device=dev)
+        return PrefillChunk(flat_start, n, ctx, blocks, mask)

@@ -1,0 +1,205 @@
+"""Continuous-batching scheduler (pure Python: the simulator runs this very class on a virtual clock).
+
+Every step has a token budget (`max_num_batched_tokens`). Running sequences are served first,
+in admission order: a decode needs one token, a sequence still prefilling takes a chunk of what
+is left of the budget. Waiting sequences are then admitted first-come first-served while the
+budget, `max_num_seqs` and free KV blocks allow. When blocks run out, the most recently
+admitted running sequence is preempted: its blocks are freed and it goes back to the front of
+the queue to be recomputed later (prompt + the tokens it had produced), so it resumes exactly.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from workbench.engine.block_manager import BlockManager
+from workbench.engine.sequence import Sequence, SequenceStatus
+
+
+class RequestRejected(ValueError):
+    """A request that can never be served with this configuration."""
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool = True
+    eos_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class ScheduledSeq:
+    seq: Sequence
+    num_tokens: int  # tokens computed for this sequence in this step
+    samples: bool  # the chunk reaches the end of the sequence, so a token is sampled
+    is_decode: bool
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.scheduled if not s.is_decode)
+
+    @property
+    def num_decode_seqs(self) -> int:
+        return sum(1 for s in self.scheduled if s.is_decode)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
+        self.config = config
+        self.block_manager = block_manager
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    # -- admission ---------------------------------------------------------------------------
+    def check_request(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """Raise RequestRejected if a request of this size could never complete."""
+        limit = self.config.max_model_len
+        if num_prompt_tokens >= limit:
+            raise RequestRejected(
+                f"prompt: {num_prompt_tokens} tokens; must be shorter than max_model_len "
+                f"({limit}) to leave room for output")
+        if num_prompt_tokens + max_tokens > limit:
+            raise RequestRejected(
+                f"max_tokens: prompt ({num_prompt_tokens}) + max_tokens ({max_tokens}) = "
+                f"{num_prompt_tokens + max_tokens} exceeds max_model_len ({limit})")
+        bm = self.block_manager
+        need = bm.blocks_for(num_prompt_tokens + max_tokens)
+        if need > bm.num_blocks:
+            raise RequestRejected(
+                f"max_tokens: prompt + max_tokens = {num_prompt_tokens + max_tokens} tokens needs "
+                f"{need} KV blocks but the pool has only {bm.num_blocks} "
+                f"({bm.num_blocks * bm.block_size} tokens)")
+
+    def add(self, seq: Sequence) -> None:
+        self.check_request(seq.num_prompt_tokens, seq.params.max_tokens)
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    # -- one step ----------------------------------------------------------------------------
+    def schedule(self, now: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        bm = self.block_manager
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_uncomputed_tokens, budget)
+            if n < seq.num_uncomputed_tokens and not self.config.enable_chunked_prefill:
+                i += 1
+                continue
+            while not bm.can_allocate(seq, n):
+                victim = self.running.pop()  # most recently admitted goes first
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                bm.allocate(seq, n)
+                out.scheduled.append(self._scheduled(seq, n))
+                budget -= n
+                i += 1
+                continue
+            break  # seq preempted itself: it was the last running sequence
+
+        # New admissions wait while anything is being preempted: the pool is under pressure.
+        while (not out.preempted and self.waiting and budget > 0
+               and len(self.running) < self.config.max_num_seqs):
+            seq = self.waiting[0]
+            n = seq.num_uncomputed_tokens
+            if n > budget:
+                if not self.config.enable_chunked_prefill:
+                    break
+                n = budget
+            if not bm.can_allocate(seq, n):
+                break  # FCFS: nobody overtakes the head of the queue
+            self.waiting.popleft()
+            bm.allocate(seq, n)
+            seq.status = SequenceStatus.RUNNING
+            if seq.first_scheduled is None:
+                seq.first_scheduled = now
+            self.running.append(seq)
+            out.scheduled.append(self._scheduled(seq, n))
+            budget -= n
+        return out
+
+    @staticmethod
+    def _scheduled(seq: Sequence, n: int) -> ScheduledSeq:
+        samples = seq.num_computed_tokens + n == seq.num_tokens
+        is_decode = n == 1 and samples and seq.num_output_tokens > 0
+        return ScheduledSeq(seq, n, samples, is_decode)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        seq.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    # -- after the model ran -----------------------------------------------------------------
+    def update(self, out: SchedulerOutput, sampled: list[int | None], now: float) -> list[Sequence]:
+        """Record computed tokens and sampled ones; return sequences that finished."""
+        finished = []
+        for sch, token in zip(out.scheduled, sampled, strict=True):
+            seq = sch.seq
+            seq.num_computed_tokens += sch.num_tokens
+            if token is None:
+                continue
+            seq.token_ids.append(token)
+            seq.token_times.append(now)
+            reason = self._stop_reason(seq, token)
+            if reason is not None:
+                self.finish(seq, reason, now, remove=False)
+                finished.append(seq)
+        if finished:
+            self.running = [s for s in self.running if not s.is_finished]
+        return finished
+
+    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        if (not p.ignore_eos and token in self.config.eos_token_ids) or (
+            p.stop_token_ids and token in p.stop_token_ids
+        ):
+            return "stop"
+        if seq.num_output_tokens >= p.max_tokens:
+            return "length"
+        return None
+
+    def finish(self, seq: Sequence, reason: str, now: float, remove: bool = True) -> None:
+        if seq.is_finished:
+            return
+        if remove:
+            if seq.status is SequenceStatus.RUNNING:
+                self.running.remove(seq)
+            else:
+                self.waiting.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        seq.finish = now
+
+    def find(self, request_id: str) -> Sequence | None:
+        for seq in (*self.running, *self.waiting):
+            if seq.request_id == request_id:
+                return seq
+        return None

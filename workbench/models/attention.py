@@ -1,0 +1,87 @@
+"""Attention over a paged KV cache for one flattened batch of decode tokens and prefill chunks.
+
+The runner lays the batch out as [decode tokens..., prefill chunk 1..., prefill chunk 2...].
+Decode tokens are attended in one batched SDPA call over their gathered blocks (padding masked
+out); each prefill chunk gets its own call, since chunks differ in length. Gathers go into
+buffers allocated once per step and reused by every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    start: int  # offset of the chunk in the flat batch
+    length: int  # query tokens in this chunk
+    context_len: int  # tokens in cache after this step, including the chunk
+    block_table: torch.Tensor | None  # blocks to gather; None when the chunk is the whole context
+    mask: torch.Tensor | None  # [length, context_len] bool, True = attend; None = plain causal
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] cache slot of each token's new K/V
+    num_decode: int
+    decode_block_tables: torch.Tensor | None  # [B, max_blocks]
+    decode_mask: torch.Tensor | None  # [B, 1, 1, max_blocks * block_size]
+    prefills: list[PrefillChunk]
+    buffers: dict = field(default_factory=dict)  # per-step gather buffers shared by layers
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+) -> torch.Tensor:
+    """q: [T, H, D]; k, v: [T, KVH, D]; caches: [num_blocks, block_size, KVH, D] -> [T, H, D]."""
+    num_blocks, block_size, kv_heads, head_dim = k_cache.shape
+    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
+    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+    out = torch.empty_like(q)
+
+    b = meta.num_decode
+    if b:
+        tables = meta.decode_block_tables
+        keys, values = _gather(k_cache, v_cache, tables.reshape(-1), meta.buffers, "decode")
+        keys = keys.view(b, -1, kv_heads, head_dim).transpose(1, 2)
+        values = values.view(b, -1, kv_heads, head_dim).transpose(1, 2)
+        dec = F.scaled_dot_product_attention(
+            q[:b].unsqueeze(2), keys, values, attn_mask=meta.decode_mask, enable_gqa=True
+        )
+        out[:b] = dec.squeeze(2)
+
+    for i, chunk in enumerate(meta.prefills):
+        s, n = chunk.start, chunk.length
+        qc = q[s : s + n].transpose(0, 1).unsqueeze(0)
+        if chunk.block_table is None:
+            kc, vc = k[s : s + n], v[s : s + n]
+        else:
+            kc, vc = _gather(k_cache, v_cache, chunk.block_table, meta.buffers, i)
+            kc = kc.view(-1, kv_heads, head_dim)[: chunk.context_len]
+            vc = vc.view(-1, kv_heads, head_dim)[: chunk.context_len]
+        kc = kc.transpose(0, 1).unsqueeze(0)
+        vc = vc.transpose(0, 1).unsqueeze(0)
+        res = F.scaled_dot_product_attention(
+            qc, kc, vc, attn_mask=chunk.mask, is_causal=chunk.mask is None, enable_gqa=True
+        )
+        out[s : s + n] = res.squeeze(0).transpose(0, 1)
+    return out
+
+
+def _gather(k_cache, v_cache, blocks: torch.Tensor, buffers: dict, key):
+    """index_select whole blocks into per-step buffers (allocating anew per layer is ~30x slower)."""
+    shape = (blocks.numel(), *k_cache.shape[1:])
+    if key not in buffers:
+        buffers[key] = (k_cache.new_empty(shape), v_cache.new_empty(shape))
+    kb, vb = buffers[key]
+    torch.index_select(k_cache, 0, blocks, out=kb)
+    torch.index_select(v_cache, 0, blocks, out=vb)
+    return kb, vb
