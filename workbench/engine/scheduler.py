@@ -167,7 +167,7 @@ class Scheduler:
                 continue
             seq.token_ids.append(token)
             seq.token_times.append(now)
-            reason = self._stop_reason(seq, token)
+            reason = self.stop_reason(seq, token)
             if reason is not None:
                 self.finish(seq, reason, now, remove=False)
                 finished.append(seq)
@@ -175,7 +175,7 @@ class Scheduler:
             self.running = [s for s in self.running if not s.is_finished]
         return finished
 
-    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+    def stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
         if (not p.ignore_eos and token in self.config.eos_token_ids) or (
             p.stop_token_ids and token in p.stop_token_ids

@@ -1,0 +1,78 @@
+"""The embedded checkpoints and the config reader."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from workbench.models.config import ModelConfig, UnsupportedModelError
+from workbench.models.tiny import PRESETS, build_tiny_checkpoint, random_weights
+
+
+def _digest(path):
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_tiny_checkpoint_loads_in_transformers_and_is_deterministic(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    a = build_tiny_checkpoint(tmp_path / "a", "tiny", seed=0)
+    b = build_tiny_checkpoint(tmp_path / "b", "tiny", seed=0)
+    c = build_tiny_checkpoint(tmp_path / "c", "tiny", seed=1)
+    assert _digest(a) == _digest(b) != _digest(c)
+    model = AutoModelForCausalLM.from_pretrained(str(a))
+    assert 4e6 < sum(p.numel() for p in model.parameters()) < 6e6
+    tok = AutoTokenizer.from_pretrained(str(a))
+    for text in ["plain ascii", "héllo wörld", "日本語のテキスト", "emoji 🎉🚀", "tabs\tand\nnewlines  "]:
+        assert tok.decode(tok(text)["input_ids"]) == text
+
+
+def test_small_preset_size():
+    n = sum(t.numel() for t in random_weights(PRESETS["small"], 0).values())
+    assert 30e6 <= n <= 120e6
+
+
+def test_unknown_preset(tmp_path):
+    with pytest.raises(ValueError, match="preset"):
+        build_tiny_checkpoint(tmp_path, "huge")
+
+
+BASE = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100}
+
+
+def test_config_reads_both_rope_spellings():
+    old = ModelConfig.from_dict({**BASE, "rope_theta": 500000.0, "rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}})
+    new = ModelConfig.from_dict({**BASE, "rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}})
+    assert old == new and old.rope_theta == 500000.0 and old.rope_scaling["factor"] == 8.0
+    plain = ModelConfig.from_dict({**BASE, "rope_parameters": {"rope_type": "default",
+                                                                "rope_theta": 1e6}})
+    assert plain.rope_theta == 1e6 and plain.rope_scaling is None
+    assert plain.num_kv_heads == 4 and plain.head_dim == 16
+
+
+def test_config_rejects_unsupported_rope_and_activation():
+    with pytest.raises(UnsupportedModelError, match="rope_type"):
+        ModelConfig.from_dict({**BASE, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    with pytest.raises(UnsupportedModelError, match="hidden_act"):
+        ModelConfig.from_dict({**BASE, "hidden_act": "gelu"})
+
+
+def test_rope_llama3_matches_transformers():
+    import torch
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from workbench.models.rope import inverse_frequencies
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    cfg = LlamaConfig(hidden_size=64, num_attention_heads=2, rope_theta=10000.0,
+                      rope_scaling=scaling, max_position_embeddings=512)
+    ref, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    torch.testing.assert_close(inverse_frequencies(32, 10000.0, scaling), ref)

@@ -1,0 +1,138 @@
+"""Scheduler and block manager as pure Python: no model, no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from workbench.engine.block_manager import BlockManager
+from workbench.engine.sampling_params import SamplingParams
+from workbench.engine.scheduler import RequestRejected, Scheduler, SchedulerConfig
+from workbench.engine.sequence import Sequence, SequenceStatus
+
+
+def make(num_blocks=64, block_size=4, max_num_seqs=8, budget=32, max_len=256, chunked=True):
+    bm = BlockManager(num_blocks, block_size)
+    return Scheduler(SchedulerConfig(max_num_seqs, budget, max_len, chunked, (2,)), bm), bm
+
+
+def seq(rid, prompt_len, max_tokens=8, arrival=0.0):
+    return Sequence(str(rid), list(range(3, 3 + prompt_len)), prompt_len,
+                    SamplingParams(max_tokens=max_tokens, temperature=0), arrival)
+
+
+def run_step(sched, token=7, now=1.0):
+    out = sched.schedule(now)
+    sampled = [token if s.samples else None for s in out.scheduled]
+    return out, sched.update(out, sampled, now)
+
+
+def test_no_torch_import():
+    code = ("import sys, workbench.engine.scheduler, workbench.engine.block_manager, "
+            "workbench.engine.sequence; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_block_manager_allocate_free_refcounts():
+    bm = BlockManager(10, 4)
+    s = seq(0, 9)
+    assert bm.blocks_needed(s, 9) == 3
+    bm.allocate(s, 9)
+    assert len(s.block_table) == 3 and bm.num_free_blocks == 7
+    assert all(bm.ref_counts[b] == 1 for b in s.block_table)
+    s.num_computed_tokens = 9
+    assert bm.blocks_needed(s, 3) == 0  # block 3 has room for tokens 10..12
+    assert bm.blocks_needed(s, 4) == 1
+    bm.free(s)
+    assert bm.num_free_blocks == 10 and s.block_table == []
+    with pytest.raises(RuntimeError):
+        bm.allocate(seq(1, 100), 100)
+    with pytest.raises(ValueError, match="block_size"):
+        BlockManager(4, 0)
+
+
+def test_token_budget_and_chunked_prefill_share_a_step():
+    sched, _ = make(budget=16)
+    sched.add(seq(0, 10))
+    out, _ = run_step(sched)
+    assert [(s.seq.request_id, s.num_tokens) for s in out.scheduled] == [("0", 10)]
+    sched.add(seq(1, 40))
+    out, _ = run_step(sched)
+    # seq 0 decodes (1 token), seq 1 gets the remaining 15 tokens as a chunk
+    assert [(s.seq.request_id, s.num_tokens, s.is_decode) for s in out.scheduled] == [
+        ("0", 1, True), ("1", 15, False)]
+    assert not out.scheduled[1].samples
+    out, _ = run_step(sched)
+    assert [s.num_tokens for s in out.scheduled] == [1, 15]
+    out, _ = run_step(sched)
+    assert [s.num_tokens for s in out.scheduled] == [1, 10] and out.scheduled[1].samples
+
+
+def test_max_num_seqs_and_fcfs():
+    sched, _ = make(max_num_seqs=2, budget=100)
+    for i in range(4):
+        sched.add(seq(i, 5))
+    out, _ = run_step(sched)
+    assert [s.seq.request_id for s in out.scheduled] == ["0", "1"]
+    assert [s.request_id for s in sched.waiting] == ["2", "3"]
+
+
+def test_without_chunking_a_prompt_waits_for_budget():
+    sched, _ = make(budget=20, chunked=False, max_len=20)
+    sched.add(seq(0, 12, max_tokens=4))
+    sched.add(seq(1, 12, max_tokens=4))
+    out, _ = run_step(sched)
+    assert [s.num_tokens for s in out.scheduled] == [12]  # 12 + 12 > 20 and no chunking
+    out, _ = run_step(sched)
+    assert [s.num_tokens for s in out.scheduled] == [1, 12]  # a decode + 12 fit in 20
+
+
+def test_preemption_takes_most_recent_and_resumes():
+    # 6 blocks of 4 tokens: two 10-token prompts take 3 blocks each; growing needs a 7th.
+    sched, bm = make(num_blocks=6, block_size=4, budget=64)
+    a, b = seq("a", 10, max_tokens=8), seq("b", 10, max_tokens=8)
+    sched.add(a)
+    sched.add(b)
+    run_step(sched)
+    assert bm.num_free_blocks == 0
+    run_step(sched)  # both decode: tokens 11 fit the 3rd block
+    run_step(sched)  # token 12 fits
+    out, _ = run_step(sched)  # token 13 needs a 4th block each: b (most recent) is preempted
+    assert [v.request_id for v in out.preempted] == ["b"]
+    assert b.status is SequenceStatus.WAITING and b.num_computed_tokens == 0 and b.preemptions == 1
+    assert sched.waiting[0] is b
+    tokens_at_preemption = b.num_tokens  # prompt + 3 outputs
+    # b resumes by recomputing prompt + its outputs once a finishes, then samples a 4th
+    while not a.is_finished:
+        run_step(sched)
+    out, _ = run_step(sched)
+    assert out.scheduled[0].seq is b and out.scheduled[0].num_tokens == tokens_at_preemption
+    assert b.num_output_tokens == 4
+
+
+def test_rejects_what_can_never_fit():
+    sched, _ = make(num_blocks=4, block_size=4, max_len=64)
+    with pytest.raises(RequestRejected, match="KV blocks"):
+        sched.add(seq(0, 10, max_tokens=10))  # 20 tokens > 16-token pool
+    with pytest.raises(RequestRejected, match="max_model_len"):
+        sched.add(seq(1, 64, max_tokens=1))
+    with pytest.raises(RequestRejected, match="max_tokens"):
+        sched.add(seq(2, 60, max_tokens=10))
+    assert not sched.has_unfinished()
+
+
+def test_stop_conditions():
+    sched, _ = make()
+    s = seq(0, 4, max_tokens=3)
+    sched.add(s)
+    run_step(sched, token=9)
+    _, done = run_step(sched, token=2)  # EOS
+    assert done == [s] and s.finish_reason == "stop"
+    s2 = seq(1, 4, max_tokens=2)
+    s2.params.ignore_eos = True
+    sched.add(s2)
+    run_step(sched, token=2)
+    _, done = run_step(sched, token=2)
+    assert done == [s2] and s2.finish_reason == "length" and s2.num_output_tokens == 2
