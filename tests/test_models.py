@@ -24,7 +24,9 @@ def test_tiny_checkpoint_loads_in_transformers_and_is_deterministic(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(str(a))
     assert 4e6 < sum(p.numel() for p in model.parameters()) < 6e6
     tok = AutoTokenizer.from_pretrained(str(a))
-    for text in ["plain ascii", "héllo wörld", "日本語のテキスト", "emoji 🎉🚀", "tabs\tand\nnewlines  "]:
+    texts = ["plain ascii", "héllo wörld", "日本語のテキスト", "emoji 🎉🚀",
+             "tabs\tand\nnewlines  "]
+    for text in texts:
         assert tok.decode(tok(text)["input_ids"]) == text
 
 

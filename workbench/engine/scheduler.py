@@ -1,4 +1,4 @@
-"""Continuous-batching scheduler (pure Python: the simulator runs this very class on a virtual clock).
+"""Continuous-batching scheduler (pure Python: the simulator runs this class on a virtual clock).
 
 Every step has a token budget (`max_num_batched_tokens`). Running sequences are served first,
 in admission order: a decode needs one token, a sequence still prefilling takes a chunk of what

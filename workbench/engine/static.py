@@ -24,7 +24,8 @@ class StaticBatcher:
         self.engine = engine  # borrows its model runner and KV cache; do not run both at once
         self.batch_size = batch_size
 
-    def generate(self, prompts, params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:
+    def generate(self, prompts,
+                 params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:
         eng = self.engine
         per_prompt = params if isinstance(params, list) else [params] * len(prompts)
         now = eng.clock()

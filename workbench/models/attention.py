@@ -77,7 +77,7 @@ def paged_attention(
 
 
 def _gather(k_cache, v_cache, blocks: torch.Tensor, buffers: dict, key):
-    """index_select whole blocks into per-step buffers (allocating anew per layer is ~30x slower)."""
+    """index_select whole blocks into per-step buffers: allocating anew per layer is far slower."""
     shape = (blocks.numel(), *k_cache.shape[1:])
     if key not in buffers:
         buffers[key] = (k_cache.new_empty(shape), v_cache.new_empty(shape))

@@ -1,0 +1,201 @@
+"""Generation throughput benchmark: this engine vs the static baseline vs Hugging Face generate.
+
+One seeded mixed workload, all requests arriving at once, greedy with ignore_eos. Only each
+request's own output tokens count as useful: tokens a padded batch generates past a request's
+length are waste, not throughput. Batch-1 decode latency is compared with Hugging Face's and
+with the memory-bandwidth bound (weight bytes / measured copy bandwidth).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from workbench.engine import EngineConfig, LLMEngine, SamplingParams
+from workbench.engine.static import StaticBatcher
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompts: list[list[int]]
+    outputs: list[int]
+    seed: int
+
+    @property
+    def useful_tokens(self) -> int:
+        return sum(self.outputs)
+
+    def describe(self) -> str:
+        p = [len(x) for x in self.prompts]
+        return (f"{len(p)} requests, prompt tokens {min(p)}-{max(p)} "
+                f"(mean {statistics.mean(p):.0f}),"
+                f" output tokens {min(self.outputs)}-{max(self.outputs)} "
+                f"(mean {statistics.mean(self.outputs):.0f}), all arriving at t=0, greedy, "
+                f"ignore_eos, seed {self.seed}")
+
+
+def mixed_workload(num_requests: int = 64, prompt_range=(16, 512), output_range=(16, 256),
+                   seed: int = 0, vocab: int = 4096) -> Workload:
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(*prompt_range))]
+               for _ in range(num_requests)]
+    outputs = [rng.randint(*output_range) for _ in range(num_requests)]
+    return Workload(prompts, outputs, seed)
+
+
+def _params(w: Workload) -> list[SamplingParams]:
+    return [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in w.outputs]
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run_engine(engine: LLMEngine, w: Workload) -> float:
+    return _timed(lambda: engine.generate(w.prompts, _params(w)))
+
+
+def run_static(engine: LLMEngine, w: Workload, batch_size: int) -> float:
+    return _timed(lambda: StaticBatcher(engine, batch_size).generate(w.prompts, _params(w)))
+
+
+def run_hf(hf_model, w: Workload, batch_size: int, pad_id: int = 0) -> float:
+    """HF generate in padded batches of `batch_size` (left padding), each batch generating as
+    many tokens as its longest member needs."""
+
+    def go():
+        for s in range(0, len(w.prompts), batch_size):
+            prompts, outs = w.prompts[s : s + batch_size], w.outputs[s : s + batch_size]
+            width = max(map(len, prompts))
+            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            n = max(outs)
+            with torch.inference_mode():
+                hf_model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                  do_sample=False, pad_token_id=pad_id)
+
+    return _timed(go)
+
+
+def engine_decode_latency(engine: LLMEngine, prompt: list[int], n: int) -> float:
+    """Seconds per output token at batch 1, from the engine's own token timestamps."""
+    out = engine.generate([prompt], SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
+    times = out[0].metrics
+    return (times.finish - times.first_token) / (n - 1)
+
+
+def hf_decode_latency(hf_model, prompt: list[int], n: int) -> float:
+    ids = torch.tensor([prompt])
+
+    def gen(k):
+        with torch.inference_mode():
+            hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=k,
+                              min_new_tokens=k, do_sample=False, pad_token_id=0)
+
+    return (_timed(lambda: gen(n)) - _timed(lambda: gen(1))) / (n - 1)
+
+
+def copy_bandwidth(num_bytes: int = 1 << 28, repeats: int = 5) -> float:
+    """Bytes moved per second by a large tensor copy (each byte read once and written once)."""
+    src = torch.empty(num_bytes, dtype=torch.uint8).fill_(1)
+    dst = torch.empty_like(src)
+    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    return 2 * num_bytes / best
+
+
+def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: int = 64,
+                  batch_size: int = 16, repeats: int = 1, seed: int = 0,
+                  include_hf: bool = True, log: Callable[[str], None] = print) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    engine = LLMEngine.from_pretrained(model, EngineConfig(dtype=dtype, max_num_seqs=batch_size))
+    w = mixed_workload(num_requests, seed=seed, vocab=engine.model_config.vocab_size)
+    log(f"workload: {w.describe()}")
+    log(f"model: {model} ({engine.model.weight_bytes() / 1e6:.0f} MB of weights, {dtype}), "
+        f"torch threads: {torch.get_num_threads()}, repeats: {repeats} (medians reported)")
+    hf = None
+    if include_hf:
+        hf = AutoModelForCausalLM.from_pretrained(str(engine.model_path),
+                                                  dtype=getattr(torch, dtype)).eval()
+    contestants = {
+        f"workbench engine (continuous, max_num_seqs={batch_size})": lambda: run_engine(engine, w),
+        f"static batching (batches of {batch_size})": lambda: run_static(engine, w, batch_size),
+    }
+    if hf is not None:
+        contestants[f"HF generate (padded batches of {batch_size})"] = lambda: run_hf(
+            hf, w, batch_size)
+    engine.generate([w.prompts[0]], SamplingParams(max_tokens=4, temperature=0))  # warm-up
+    seconds = {}
+    for name, fn in contestants.items():
+        runs = [fn() for _ in range(repeats)]
+        seconds[name] = statistics.median(runs)
+        log(f"  {name}: {seconds[name]:.1f} s ({', '.join(f'{r:.1f}' for r in runs)})")
+
+    prompt = w.prompts[0][:32]
+    n_decode = 128
+    eng_tpot = statistics.median(engine_decode_latency(engine, prompt, n_decode)
+                                 for _ in range(max(3, repeats)))
+    hf_tpot = (statistics.median(hf_decode_latency(hf, prompt, n_decode)
+                                 for _ in range(max(3, repeats))) if hf is not None else None)
+    bandwidth = copy_bandwidth()
+    bound = engine.model.weight_bytes() / bandwidth
+
+    names = list(seconds)
+    result = {
+        "model": model, "dtype": dtype, "seed": seed, "workload": w.describe(),
+        "useful_tokens": w.useful_tokens, "repeats": repeats,
+        "throughput_tok_s": {k: w.useful_tokens / v for k, v in seconds.items()},
+        "seconds": seconds,
+        "engine_vs_static": seconds[names[1]] / seconds[names[0]],
+        "engine_vs_hf": seconds[names[2]] / seconds[names[0]] if hf is not None else None,
+        "decode_ms_per_token": {"engine": eng_tpot * 1e3,
+                                "hf": hf_tpot * 1e3 if hf_tpot else None,
+                                "bandwidth_bound": bound * 1e3},
+        "copy_bandwidth_gb_s": bandwidth / 1e9,
+    }
+    log("")
+    log(format_table(result))
+    return result
+
+
+def format_table(r: dict) -> str:
+    lines = ["| system | useful output tok/s | vs HF generate |", "|---|---:|---:|"]
+    tput = r["throughput_tok_s"]
+    hf_name = next((k for k in tput if k.startswith("HF")), None)
+    for name, tps in tput.items():
+        ratio = f"{tps / tput[hf_name]:.2f}x" if hf_name else "-"
+        lines.append(f"| {name} | {tps:.0f} | {ratio} |")
+    lines.append("")
+    lines.append(f"engine / static baseline: {r['engine_vs_static']:.2f}x;  "
+                 + (f"engine / HF generate: {r['engine_vs_hf']:.2f}x" if r["engine_vs_hf"] else ""))
+    d = r["decode_ms_per_token"]
+    hf_part = (f"HF generate {d['hf']:.2f} ms ({d['engine'] / d['hf']:.2f}x HF), "
+               if d["hf"] else "")
+    lines.append(f"batch-1 decode: engine {d['engine']:.2f} ms/token, {hf_part}"
+                 f"bandwidth bound {d['bandwidth_bound']:.2f} ms "
+                 f"({d['engine'] / d['bandwidth_bound']:.1f}x the bound; copy bandwidth "
+                 f"{r['copy_bandwidth_gb_s']:.1f} GB/s)")
+    return "\n".join(lines)
+
+
+def save(result: dict, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "bench.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+    (out / "bench.md").write_text(format_table(result) + "\n")
+    return path
+
+
+__all__ = ["Workload", "mixed_workload", "run_benchmark", "format_table", "save"]
