@@ -78,3 +78,43 @@ def test_rope_llama3_matches_transformers():
                       rope_scaling=scaling, max_position_embeddings=512)
     ref, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
     torch.testing.assert_close(inverse_frequencies(32, 10000.0, scaling), ref)
+
+
+def test_loads_a_checkpoint_written_by_transformers(tmp_path):
+    """transformers 5 writes `rope_parameters` and `dtype`; the loader must read what HF saves."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tests.hf_reference import hf_greedy, random_workload
+    from workbench.engine import EngineConfig, LLMEngine, SamplingParams
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                      max_position_embeddings=256, tie_word_embeddings=True,
+                      rope_theta=10000.0)
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():  # HF's 0.02-std init gives near-tied logits; spread them
+        model.model.embed_tokens.weight.mul_(50)
+    model.save_pretrained(tmp_path)
+    prompts, outputs = random_workload(1, 4, 512, prompt_range=(4, 30), output_range=(4, 12))
+    refs = hf_greedy(tmp_path, prompts, outputs)
+    eng = LLMEngine.from_pretrained(tmp_path, EngineConfig(dtype="float32", device="cpu",
+                                                           max_num_seqs=4))
+    got = eng.generate(prompts, [SamplingParams(max_tokens=n, temperature=0) for n in outputs])
+    assert [o.token_ids for o in got] == refs
+    assert eng.tokenizer is None  # none saved: token-id prompts only, a clear error for text
+    with pytest.raises(ValueError, match="prompt: this checkpoint has no tokenizer"):
+        eng.add_request("t", "text", SamplingParams())
+
+
+def test_bfloat16_engine_runs(tiny_path):
+    import torch
+
+    from workbench.engine import EngineConfig, LLMEngine, SamplingParams
+
+    eng = LLMEngine.from_pretrained(tiny_path, EngineConfig(dtype="bfloat16", device="cpu"))
+    assert eng.kv_caches[0][0].dtype == torch.bfloat16
+    assert eng.model.embed_tokens.weight.dtype == torch.bfloat16
+    out = eng.generate(["hello", "world, again"], SamplingParams(max_tokens=8, temperature=0))
+    assert all(len(o.token_ids) == 8 for o in out)

@@ -27,6 +27,8 @@ class IncrementalDetokenizer:
         """Feed the sequence's full token list; return the newly completed text.
 
         `final` flushes whatever is held back (the sequence ended mid-character)."""
+        if self.tokenizer is None:  # a checkpoint without tokenizer: token ids only
+            return ""
         decode = self.tokenizer.decode
         prefix = decode(token_ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
         full = decode(token_ids[self.prefix_offset :], skip_special_tokens=True)

@@ -66,6 +66,8 @@ class LLMEngine:
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt: must not be empty")
+            if self.tokenizer is None:
+                raise ValueError("prompt: this checkpoint has no tokenizer; pass token ids")
             return list(self.tokenizer(prompt)["input_ids"])
         if not isinstance(prompt, list | tuple) or not prompt:
             raise ValueError("prompt: must be a non-empty string or list of token ids")

@@ -38,7 +38,8 @@ class StaticBatcher:
             self._run_batch(seqs[start : start + self.batch_size])
         tok = eng.tokenizer
         return [RequestOutput(s.request_id, s.prompt_token_ids, s.output_token_ids, [],
-                              tok.decode(s.output_token_ids, skip_special_tokens=True), "", True,
+                              tok.decode(s.output_token_ids, skip_special_tokens=True)
+                              if tok else "", "", True,
                               s.finish_reason, RequestMetrics.of(s)) for s in seqs]
 
     def _run_batch(self, batch: list[Sequence]) -> None:

@@ -107,7 +107,16 @@ def load_model(
     return net.to(dev).eval(), cfg, path
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
 def load_tokenizer(path: Path):
+    """The checkpoint's tokenizer, or None when it ships none (then prompts must be token ids).
+
+    AutoTokenizer would otherwise build an empty tokenizer from the model type and decode
+    garbage."""
+    if not any((Path(path) / f).exists() for f in _TOKENIZER_FILES):
+        return None
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
