@@ -28,3 +28,12 @@ def tiny_engine_factory(tiny_path):
         return LLMEngine(net, cfg, tok, EngineConfig(**config), path)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def shared_traces():
+    """../shared/traces beside the checkout (present in CI and on developer machines)."""
+    path = Path(__file__).resolve().parent.parent.parent / "shared" / "traces"
+    if not path.exists():
+        pytest.skip(f"no production traces at {path}")
+    return path

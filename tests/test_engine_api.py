@@ -172,5 +172,5 @@ def test_bad_engine_config():
         EngineConfig(block_size=0)
     with pytest.raises(ValueError, match="dtype"):
         EngineConfig(dtype="int3")
-    with pytest.raises(ValueError, match="engine: unknown field"):
+    with pytest.raises(ValueError, match="unknown field.*max_num_seq"):
         EngineConfig.from_dict({"max_num_seq": 4})

@@ -21,8 +21,9 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ValueError as e:
-            typer.echo(f"error: {e}", err=True)
+        except ValueError as e:  # a ScenarioError carries one line per problem
+            for line in str(e).splitlines() or [type(e).__name__]:
+                typer.echo(f"error: {line}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -79,6 +80,79 @@ def bench(
                            log=typer.echo)
     if out:
         typer.echo(f"\nresults written to {save(result, out)}")
+
+
+@app.command()
+@user_errors
+def run(
+    scenario: Annotated[str, typer.Argument(help="Scenario YAML file.")],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a field: dotted.key=value (repeatable).")] = None,
+    out: Annotated[str, typer.Option(help="Directory that receives the run directory.")] = "runs",
+    progress: bool = True,
+):
+    """Run a scenario against its target; print the run directory."""
+    from workbench.traffic import load_scenario
+    from workbench.traffic.run import run_scenario
+
+    sc = load_scenario(scenario, set_ or [])
+    path = run_scenario(sc, out, progress=progress)
+    typer.echo(path)
+
+
+@app.command()
+@user_errors
+def sweep(
+    scenario: Annotated[str, typer.Argument(help="Scenario YAML file.")],
+    rates: Annotated[str | None, typer.Option(help="Comma-separated request rates.")] = None,
+    auto: Annotated[bool, typer.Option(
+        help="Find the saturation rate, then spread rates below it.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value")] = None,
+    out: str = "runs",
+):
+    """Rate sweep: throughput, latency percentiles, goodput and saturation per rate."""
+    from workbench.traffic import load_scenario
+    from workbench.traffic.sweep import auto_rates, find_saturation, format_sweep
+    from workbench.traffic.sweep import sweep as run_sweep
+
+    sc = load_scenario(scenario, set_ or [])
+    if auto == (rates is not None):
+        raise ValueError("rates: give either --rates R1,R2,... or --auto")
+    if auto:
+        start = getattr(sc.arrival, "rate", 1.0)
+        saturation = find_saturation(sc, start=start, out=out, log=typer.echo)
+        rate_list = auto_rates(saturation)
+        typer.echo(f"saturation near {saturation:g} req/s; sweeping {rate_list}")
+    else:
+        try:
+            rate_list = [float(r) for r in rates.split(",") if r.strip()]
+        except ValueError:
+            raise ValueError(f"rates: must be comma-separated numbers, got {rates!r}") from None
+        if not rate_list:
+            raise ValueError("rates: give at least one rate")
+    frame, _ = run_sweep(sc, rate_list, out, progress=False, log=typer.echo)
+    typer.echo("")
+    typer.echo(format_sweep(frame))
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[str, typer.Option(help="Preset or checkpoint dir.")] = "tiny",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    dtype: str = "auto",
+    max_num_seqs: int = 32,
+    block_size: int = 16,
+    num_kv_blocks: int | None = None,
+):
+    """OpenAI-compatible server: POST /v1/completions (SSE), GET /v1/models, GET /health."""
+    from workbench.engine import EngineConfig
+    from workbench.server.app import serve as run_server
+
+    config = EngineConfig(dtype=dtype, max_num_seqs=max_num_seqs, block_size=block_size,
+                          num_kv_blocks=num_kv_blocks)
+    run_server(model, host, port, config)
 
 
 @models_app.command("list")

@@ -34,7 +34,7 @@ class EngineConfig:
     def from_dict(cls, values: dict) -> EngineConfig:
         unknown = set(values) - set(cls.__slots__)
         if unknown:
-            raise ValueError(f"engine: unknown field(s) {', '.join(sorted(unknown))}; allowed: "
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; allowed: "
                              + ", ".join(cls.__slots__))
         return cls(**values)
 

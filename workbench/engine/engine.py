@@ -158,7 +158,7 @@ class LLMEngine:
             detok = self._detok[seq.request_id]
         return RequestOutput(seq.request_id, seq.prompt_token_ids, seq.output_token_ids, new_ids,
                              detok.text, new_text, seq.is_finished, seq.finish_reason,
-                             RequestMetrics.of(seq))
+                             RequestMetrics.of(seq), seq.token_times)
 
     # -- conveniences ------------------------------------------------------------------------
     def generate(self, prompts: list[str] | list[list[int]],

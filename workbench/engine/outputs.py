@@ -58,3 +58,4 @@ class RequestOutput:
     finished: bool
     finish_reason: str | None  # "stop" | "length" | "abort" | None
     metrics: RequestMetrics
+    token_times: list[float]  # when each output token appeared (the engine's live list)

@@ -40,7 +40,7 @@ class StaticBatcher:
         return [RequestOutput(s.request_id, s.prompt_token_ids, s.output_token_ids, [],
                               tok.decode(s.output_token_ids, skip_special_tokens=True)
                               if tok else "", "", True,
-                              s.finish_reason, RequestMetrics.of(s)) for s in seqs]
+                              s.finish_reason, RequestMetrics.of(s), s.token_times) for s in seqs]
 
     def _run_batch(self, batch: list[Sequence]) -> None:
         eng = self.engine

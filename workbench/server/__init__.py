@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP serving around the engine (the seed of `workbench serve`)."""

@@ -1,0 +1,108 @@
+"""Execute a scenario against its target and store the run."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from workbench.traffic.arrivals import ClosedLoop
+from workbench.traffic.metrics import summarize
+from workbench.traffic.runs import environment, new_run_id, requests_frame, write_run
+from workbench.traffic.scenario import EngineTarget, Scenario
+from workbench.traffic.workload import build_requests, token_ids_to_text
+
+
+def make_engine(scenario: Scenario):
+    from workbench.engine import EngineConfig, LLMEngine
+
+    t = scenario.target
+    return LLMEngine.from_pretrained(t.model, EngineConfig.from_dict(t.engine))
+
+
+def run_scenario(scenario: Scenario, out: str | Path = "runs", engine=None,
+                 progress: bool = True, max_wall_s: float | None = None) -> Path:
+    """Drive the scenario's target, write runs/<run-id>/ and return that directory.
+
+    Pass `engine` to reuse a loaded engine (e.g. across a sweep); it must be idle."""
+    target = scenario.target
+    started = dt.datetime.now(dt.UTC).isoformat()
+    loop = scenario.arrival if isinstance(scenario.arrival, ClosedLoop) else None
+    drive_kw = dict(temperature=scenario.temperature, ignore_eos=scenario.ignore_eos,
+                    concurrency=loop.concurrency if loop else None,
+                    think_time_s=loop.think_time_s if loop else 0.0,
+                    max_wall_s=max_wall_s or _wall_bound(scenario))
+    bar = _bar(progress)
+    steps = None
+    if isinstance(target, EngineTarget):
+        from workbench.engine.telemetry import telemetry_frame
+        from workbench.traffic.engine_driver import drive_engine
+
+        engine = engine or make_engine(scenario)
+        specs = build_requests(scenario, engine.model_config.vocab_size)
+        first_step = len(engine.telemetry)
+        bar.total = len(specs)
+        result = drive_engine(engine, specs, progress=bar, **drive_kw)
+        steps = telemetry_frame(engine.telemetry[first_step:])
+        steps[["t_start", "t_end"]] -= result.t0
+        model_info = {"model": target.model, "path": str(engine.model_path),
+                      "engine_config": _engine_config(engine), "dtype": str(engine.dtype),
+                      "device": str(engine.device), "num_kv_blocks": engine.num_kv_blocks}
+    else:
+        from workbench.traffic.http_driver import drive_http
+
+        specs = build_requests(scenario, target.vocab_size)
+        prompts = None
+        if target.prompt_format == "text":
+            from workbench.models.loader import load_tokenizer
+            from workbench.models.tiny import resolve_model
+
+            tok = load_tokenizer(resolve_model(target.tokenizer))
+            prompts = [token_ids_to_text(s.prompt_token_ids, tok) for s in specs]
+        bar.total = len(specs)
+        result = drive_http(target, specs, progress=bar, prompts=prompts, **drive_kw)
+        model_info = {"model": target.model, "url": target.url}
+    bar.close()
+
+    requests = requests_frame(sorted(result.records, key=lambda r: int(r["request_id"])))
+    manifest = {
+        "run_id": None, "kind": "real", "started": started,
+        "scenario": scenario.model_dump(mode="json"),
+        "target": model_info, "hardware": scenario.hardware,
+        "interrupted": result.interrupted, "num_requests_planned": len(specs),
+        "max_concurrency": result.max_concurrency,
+        "summary": summarize(requests, scenario.slos),
+        **environment(),
+    }
+    run_id = new_run_id(scenario.name)
+    manifest["run_id"] = run_id
+    return write_run(out, run_id, requests, steps, manifest)
+
+
+def _engine_config(engine) -> dict:
+    from dataclasses import asdict
+
+    return asdict(engine.config)
+
+
+def _wall_bound(scenario: Scenario) -> float:
+    """Every run stops by itself: the schedule's length plus generous slack."""
+    base = scenario.duration_s or 0.0
+    return max(600.0, 4 * base)
+
+
+class _NoBar:
+    total = 0
+
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=0, desc="requests", unit="req")

@@ -1,0 +1,82 @@
+"""A scenario -> the concrete, seeded list of requests a driver sends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from workbench.traffic.arrivals import ClosedLoop, Trace, arrival_times, trace_rows
+from workbench.traffic.lengths import sample_lengths
+from workbench.traffic.scenario import Scenario, base_dir
+
+_FIRST_ORDINARY_TOKEN = 3  # ids below are the embedded tokenizer's specials (pad, bos, eos)
+
+
+@dataclass(slots=True)
+class RequestSpec:
+    index: int
+    arrival_s: float | None  # None for closed loop: sent when a client is free
+    prompt_token_ids: list[int]
+    max_tokens: int
+    prefix_group: int | None = None  # which shared system prompt, if any
+
+
+def build_requests(scenario: Scenario, vocab_size: int) -> list[RequestSpec]:
+    rng = np.random.default_rng(scenario.seed)
+    base = base_dir(scenario)
+    arrival = scenario.arrival
+    if isinstance(arrival, Trace):
+        times, prompt_lens, output_lens = trace_rows(arrival, base)
+        if scenario.num_requests is not None:
+            times, prompt_lens, output_lens = (a[: scenario.num_requests]
+                                               for a in (times, prompt_lens, output_lens))
+        if scenario.duration_s is not None:
+            keep = times < scenario.duration_s
+            times, prompt_lens, output_lens = times[keep], prompt_lens[keep], output_lens[keep]
+    else:
+        if isinstance(arrival, ClosedLoop):
+            times = None
+            n = scenario.num_requests
+        else:
+            times = arrival_times(arrival, rng, scenario.num_requests, scenario.duration_s)
+            n = len(times)
+        prompt_lens, output_lens = sample_lengths(
+            scenario.prompt_tokens, scenario.output_tokens, n, rng, scenario.correlation, base)
+
+    prefixes = _system_prompts(scenario, rng, vocab_size)
+    sp = scenario.shared_prefix
+    specs = []
+    for i, (plen, olen) in enumerate(zip(prompt_lens, output_lens, strict=True)):
+        group = None
+        prefix: list[int] = []
+        if prefixes and rng.random() < sp.fraction:
+            group = int(rng.integers(sp.count))
+            prefix = prefixes[group]
+        body = max(1, int(plen) - len(prefix))  # the prefix is part of the prompt length
+        ids = prefix + rng.integers(_FIRST_ORDINARY_TOKEN, vocab_size, size=body).tolist()
+        specs.append(RequestSpec(i, None if times is None else float(times[i]), ids, int(olen),
+                                 group))
+    return specs
+
+
+def _system_prompts(scenario: Scenario, rng, vocab_size: int) -> list[list[int]]:
+    sp = scenario.shared_prefix
+    if sp.fraction == 0 or sp.tokens == 0:
+        return []
+    return [rng.integers(_FIRST_ORDINARY_TOKEN, vocab_size, size=sp.tokens).tolist()
+            for _ in range(sp.count)]
+
+
+def token_ids_to_text(ids: list[int], tokenizer, attempts: int = 10) -> str:
+    """Text that re-tokenizes to exactly len(ids) tokens, as vLLM's random dataset does:
+    decode, re-encode, then trim or extend and try again."""
+    target = len(ids)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    for _ in range(attempts):
+        got = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(got) == target:
+            return text
+        got = got[:target] if len(got) > target else got + ids[: target - len(got)]
+        text = tokenizer.decode(got, skip_special_tokens=True)
+    return text
