@@ -27,7 +27,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_generation.py
+	$(BIN)/python benchmarks/bench_generation.py --repeats 3
+	$(BIN)/python benchmarks/bench_driver_lateness.py
 
 clean:
 	rm -rf $(VENV) runs fits .pytest_cache
