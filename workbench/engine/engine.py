@@ -17,6 +17,7 @@ from workbench.engine.sampling_params import SamplingParams
 from workbench.engine.scheduler import Scheduler, SchedulerConfig
 from workbench.engine.sequence import Sequence
 from workbench.engine.telemetry import StepRecord
+from workbench.progress import progress_bar
 
 
 class LLMEngine:
@@ -181,7 +182,7 @@ class LLMEngine:
             raise
         wanted = set(ids)
         done: dict[str, RequestOutput] = {}
-        bar = _progress(len(ids), use_tqdm)
+        bar = progress_bar(len(ids), use_tqdm, "generate")
         while len(done) < len(ids) and self.has_unfinished():
             for out in self.step():
                 if out.finished and out.request_id in wanted:
@@ -206,19 +207,3 @@ class LLMEngine:
         finally:
             if not finished:
                 self.abort(rid)
-
-
-class _NullBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="generate", unit="req")

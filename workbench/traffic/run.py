@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from workbench.progress import progress_bar
 from workbench.traffic.arrivals import ClosedLoop
 from workbench.traffic.metrics import summarize
 from workbench.traffic.runs import environment, new_run_id, requests_frame, write_run
@@ -31,7 +32,7 @@ def run_scenario(scenario: Scenario, out: str | Path = "runs", engine=None,
                     concurrency=loop.concurrency if loop else None,
                     think_time_s=loop.think_time_s if loop else 0.0,
                     max_wall_s=max_wall_s or _wall_bound(scenario))
-    bar = _bar(progress)
+    bar = progress_bar(0, progress, "requests")
     steps = None
     if isinstance(target, EngineTarget):
         from workbench.engine.telemetry import telemetry_frame
@@ -88,21 +89,3 @@ def _wall_bound(scenario: Scenario) -> float:
     """Every run stops by itself: the schedule's length plus generous slack."""
     base = scenario.duration_s or 0.0
     return max(600.0, 4 * base)
-
-
-class _NoBar:
-    total = 0
-
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=0, desc="requests", unit="req")
