@@ -155,6 +155,74 @@ def serve(
     run_server(model, host, port, config)
 
 
+@app.command()
+@user_errors
+def profile(
+    model: Annotated[str, typer.Option(help="Preset or checkpoint dir.")] = "tiny",
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="EngineConfig field=value (repeatable), e.g. max_num_seqs=16")] = None,
+    hardware: Annotated[str | None, typer.Option(help="Label of the machine measured.")] = None,
+    out: str = "runs",
+    seed: int = 0,
+    progress: bool = True,
+):
+    """Designed profiling sweep of the engine; print the run directory (steps.parquet)."""
+    import yaml
+
+    from workbench.fit.profile import profile_model
+
+    config = {}
+    for item in set_ or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected field=value")
+        config[key] = yaml.safe_load(raw)
+    typer.echo(profile_model(model, config, out, hardware, seed, progress))
+
+
+@app.command()
+@user_errors
+def fit(
+    runs: Annotated[list[str], typer.Argument(help="Run directories with steps.parquet.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Fit file to write (JSON).")],
+    seed: int = 0,
+):
+    """Fit the step-latency model from profile or scenario runs; print coefficients and errors."""
+    from workbench.fit.from_runs import fit_from_runs
+
+    model = fit_from_runs(runs, seed)
+    path = model.save(out)
+    typer.echo(model.describe())
+    typer.echo(f"fit written to {path}")
+
+
+@app.command()
+@user_errors
+def simulate(
+    scenario: Annotated[str, typer.Argument(help="Scenario YAML file.")],
+    fit_file: Annotated[str, typer.Option("--fit", help="Fit file from `workbench fit`.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value")] = None,
+    allow_mismatch: Annotated[bool, typer.Option(
+        help="Use a fit measured on another model/precision, with a warning.")] = False,
+    compare: Annotated[str | None, typer.Option(
+        help="A real run of the same scenario to compare with.")] = None,
+    out: str = "runs",
+):
+    """Simulate a scenario on a virtual clock with the real scheduler; print the run directory."""
+    from workbench.fit import load_fit
+    from workbench.sim.simulator import simulate_scenario
+    from workbench.traffic import load_scenario
+
+    sc = load_scenario(scenario, set_ or [])
+    path = simulate_scenario(sc, load_fit(fit_file), out, allow_mismatch,
+                             log=lambda m: typer.echo(m, err=True))
+    if compare:
+        from workbench.sim.compare import compare_runs
+
+        typer.echo(compare_runs(compare, path).to_string(index=False), err=True)
+    typer.echo(path)
+
+
 @models_app.command("list")
 def models_list():
     """List the embedded presets."""

@@ -16,7 +16,7 @@ from workbench.engine.runner import ModelRunner
 from workbench.engine.sampling_params import SamplingParams
 from workbench.engine.scheduler import Scheduler, SchedulerConfig
 from workbench.engine.sequence import Sequence
-from workbench.engine.telemetry import StepRecord
+from workbench.engine.telemetry import StepRecord, step_record
 from workbench.progress import progress_bar
 
 
@@ -114,23 +114,14 @@ class LLMEngine:
         if sched.is_empty:
             return []
         sampled = self.runner.execute(sched.scheduled)
-        t_end = self.clock()
-        self.scheduler.update(sched, sampled, t_end)
-        self.telemetry.append(StepRecord(
-            step=len(self.telemetry), t_start=t_start, t_end=t_end,
-            num_prefill_tokens=sched.num_prefill_tokens,
-            num_decode_seqs=sched.num_decode_seqs,
-            num_seqs=len(sched.scheduled),
-            sum_context_tokens=sum(s.seq.num_computed_tokens for s in sched.scheduled),
-            kv_blocks_used=self.block_manager.num_used_blocks,
-            kv_blocks_total=self.block_manager.num_blocks,
-            num_preempted=len(sched.preempted),
-            num_waiting=self.scheduler.num_waiting,
-        ))
-        outputs = []
-        for sch, token in zip(sched.scheduled, sampled, strict=True):
-            if token is not None:
-                outputs.append(self._postprocess(sch.seq, token, t_end))
+        t_sampled = self.clock()
+        self.scheduler.update(sched, sampled, t_sampled)
+        outputs = [self._postprocess(sch.seq, token, t_sampled)
+                   for sch, token in zip(sched.scheduled, sampled, strict=True)
+                   if token is not None]
+        # t_end includes postprocessing: the simulator's step time stands for the whole step.
+        self.telemetry.append(step_record(len(self.telemetry), t_start, self.clock(), sched,
+                                          self.scheduler))
         return outputs
 
     def _postprocess(self, seq: Sequence, token: int, now: float) -> RequestOutput:

@@ -18,6 +18,38 @@ class StepRecord:
     kv_blocks_total: int
     num_preempted: int
     num_waiting: int
+    # What a step costs depends on more than token counts; these feed the fitted step model.
+    num_prefill_seqs: int = 0
+    prefill_attention: int = 0  # query-key pairs of prefill chunks (causal): sum n*start + n(n+1)/2
+    decode_context: int = 0  # K/V tokens read by decodes
+    decode_max_context: int = 0  # decode attention is padded to the longest context
+
+
+def step_record(step: int, t_start: float, t_end: float, sched, scheduler,
+                after_update: bool = True) -> StepRecord:
+    """The record of one step from the scheduler's output. After `update`, each scheduled
+    sequence's num_computed_tokens already includes this step's tokens; before it (the
+    simulator predicting a step's duration), they are added here. Pure Python: the simulator
+    builds its records with this very function."""
+    prefill_tokens = prefill_seqs = prefill_attn = 0
+    decodes = dec_ctx = dec_max = 0
+    context = 0
+    for s in sched.scheduled:
+        ctx = s.seq.num_computed_tokens + (0 if after_update else s.num_tokens)
+        context += ctx
+        if s.is_decode:
+            decodes += 1
+            dec_ctx += ctx
+            dec_max = max(dec_max, ctx)
+        else:
+            n = s.num_tokens
+            prefill_tokens += n
+            prefill_seqs += 1
+            prefill_attn += n * (ctx - n) + n * (n + 1) // 2
+    bm = scheduler.block_manager
+    return StepRecord(step, t_start, t_end, prefill_tokens, decodes, len(sched.scheduled), context,
+                      bm.num_used_blocks, bm.num_blocks, len(sched.preempted),
+                      scheduler.num_waiting, prefill_seqs, prefill_attn, dec_ctx, dec_max)
 
 
 STEP_COLUMNS = [f.name for f in fields(StepRecord)]

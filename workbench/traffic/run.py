@@ -45,9 +45,7 @@ def run_scenario(scenario: Scenario, out: str | Path = "runs", engine=None,
         result = drive_engine(engine, specs, progress=bar, **drive_kw)
         steps = telemetry_frame(engine.telemetry[first_step:])
         steps[["t_start", "t_end"]] -= result.t0
-        model_info = {"model": target.model, "path": str(engine.model_path),
-                      "engine_config": _engine_config(engine), "dtype": str(engine.dtype),
-                      "device": str(engine.device), "num_kv_blocks": engine.num_kv_blocks}
+        model_info = describe_engine(engine, target.model)
     else:
         from workbench.traffic.http_driver import drive_http
 
@@ -79,10 +77,20 @@ def run_scenario(scenario: Scenario, out: str | Path = "runs", engine=None,
     return write_run(out, run_id, requests, steps, manifest)
 
 
-def _engine_config(engine) -> dict:
+def describe_engine(engine, name: str) -> dict:
+    """What a fit or a simulation needs to know about the engine a run measured."""
     from dataclasses import asdict
 
-    return asdict(engine.config)
+    cfg = engine.model_config
+    return {
+        "model": str(name), "path": str(engine.model_path), "architecture": cfg.architecture,
+        "weight_bytes": engine.model.weight_bytes(),
+        "kv_bytes_per_token": cfg.kv_bytes_per_token(engine.kv_caches[0][0].element_size()),
+        "max_model_len": engine.max_model_len, "vocab_size": cfg.vocab_size,
+        "eos_token_ids": list(cfg.eos_token_ids),
+        "engine_config": asdict(engine.config), "dtype": str(engine.dtype).replace("torch.", ""),
+        "device": str(engine.device), "num_kv_blocks": engine.num_kv_blocks,
+    }
 
 
 def _wall_bound(scenario: Scenario) -> float:

@@ -1,0 +1,135 @@
+"""Step-model fitting and the simulator (the real scheduler on a virtual clock)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.fit.features import FEATURES
+from workbench.fit.step_model import StepTimeModel, fit_step_model, load_fit
+from workbench.sim.simulator import Simulator, check_fit_matches, simulate_scenario
+from workbench.traffic import load_run
+from workbench.traffic.scenario import parse_scenario
+from workbench.traffic.workload import RequestSpec, build_requests
+
+MODEL = {"name": "tiny", "path": "/x/tiny", "architecture": "LlamaForCausalLM",
+         "weight_bytes": 1, "kv_bytes_per_token": 1024, "max_model_len": 2048,
+         "vocab_size": 4096, "eos_token_ids": [2], "num_kv_blocks": 100}
+ENGINE = {"dtype": "float32", "block_size": 16, "kv_cache_dtype": "auto", "quantization": "none"}
+
+
+def const_model(seconds: float) -> StepTimeModel:
+    coef = dict.fromkeys(FEATURES, 0.0) | {"const": seconds}
+    return StepTimeModel(coef, MODEL, ENGINE)
+
+
+def synthetic_steps(n=400, seed=0, noise=0.02):
+    rng = np.random.default_rng(seed)
+    d = pd.DataFrame({
+        "num_prefill_tokens": rng.integers(0, 512, n), "num_prefill_seqs": rng.integers(0, 3, n),
+        "num_decode_seqs": rng.integers(0, 32, n)})
+    d["prefill_attention"] = d.num_prefill_tokens * rng.integers(1, 600, n)
+    d["decode_max_context"] = rng.integers(1, 1024, n)
+    d["decode_context"] = (d.num_decode_seqs * d.decode_max_context * rng.uniform(0.3, 1, n)
+                           ).astype(int)
+    truth = {"const": 1e-3, "prefill_tokens": 2e-5, "prefill_attention": 3e-8,
+             "prefill_seqs": 2e-4, "decode_seqs": 5e-5, "decode_context": 2e-7,
+             "decode_padded_context": 1e-7}
+    d["t_start"], d["t_end"] = 0.0, 0.0
+    coef = dict.fromkeys(FEATURES, 0.0) | truth
+    y = StepTimeModel(coef, MODEL, ENGINE).predict(d)
+    y = y * (1 + noise * rng.standard_normal(n))
+    d["t_start"] = np.arange(n) * 1.0
+    d["t_end"] = d["t_start"] + y
+    return d, truth
+
+
+def test_fit_recovers_known_costs(tmp_path):
+    steps, truth = synthetic_steps()
+    fit = fit_step_model(steps, MODEL, ENGINE, "test-box")
+    for name, value in truth.items():
+        assert fit.coefficients[name] == pytest.approx(value, rel=0.15), name
+    assert fit.validation["mape"] < 0.03 and fit.validation["r2"] > 0.98
+    again = load_fit(fit.save(tmp_path / "f.json"))
+    assert again.coefficients == fit.coefficients and again.hardware == "test-box"
+    with pytest.raises(ValueError, match="steps: .* too few"):
+        fit_step_model(steps.head(5), MODEL, ENGINE)
+    with pytest.raises(ValueError, match="fit"):
+        load_fit(tmp_path / "missing.json")
+
+
+def test_simulated_timeline_by_hand():
+    # 10 ms per step, whatever runs: a 10-token prompt prefills in one step, then 4 decodes.
+    sim = Simulator(const_model(0.010), {"max_num_seqs": 4})
+    res = sim.run([RequestSpec(0, 0.0, list(range(3, 13)), 5),
+                   RequestSpec(1, 0.025, list(range(3, 8)), 2)])
+    a, b = sorted(res.records, key=lambda r: r["request_id"])
+    assert a["ttft"] == pytest.approx(0.010) and a["e2e"] == pytest.approx(0.050)
+    assert a["tpot"] == pytest.approx(0.010) and a["output_tokens"] == 5
+    # b arrives at 25 ms, during the step that ends at 30 ms; it is admitted at 30 ms
+    assert b["first_scheduled"] == pytest.approx(0.030) and b["ttft"] == pytest.approx(0.015)
+    assert len(sim.telemetry) == 5
+
+
+def test_simulator_runs_the_real_scheduler_with_preemption(tmp_path):
+    sc = parse_scenario({
+        "name": "tight", "seed": 1, "arrival": {"kind": "constant", "rate": 1000.0},
+        "target": {"kind": "engine", "model": "tiny",
+                   "engine": {"block_size": 4, "num_kv_blocks": 60, "max_num_seqs": 8}},
+        "prompt_tokens": {"dist": "uniform", "low": 20, "high": 40},
+        "output_tokens": {"dist": "uniform", "low": 20, "high": 40}, "num_requests": 24})
+    fit = StepTimeModel(dict.fromkeys(FEATURES, 0.0) | {"const": 1e-3, "decode_seqs": 1e-4},
+                        MODEL, ENGINE)
+    run = load_run(simulate_scenario(sc, fit, tmp_path, log=lambda m: None))
+    assert run.manifest["kind"] == "simulated" and len(run.requests) == 24
+    assert run.steps.num_preempted.sum() > 0 and run.requests.preemptions.sum() > 0
+    assert (run.steps.kv_blocks_used <= 60).all()
+    expected = {str(s.index): s for s in build_requests(sc, 4096)}
+    for _, r in run.requests.iterrows():
+        assert r.output_tokens == expected[r.request_id].max_tokens
+
+
+def test_fit_for_another_model_is_refused(tmp_path):
+    fit = const_model(0.01)
+    target = parse_scenario({"name": "x", "arrival": {"kind": "poisson", "rate": 1},
+                             "target": {"kind": "engine", "model": "small",
+                                        "engine": {"dtype": "bfloat16"}},
+                             "prompt_tokens": {"dist": "fixed", "value": 4},
+                             "output_tokens": {"dist": "fixed", "value": 4},
+                             "num_requests": 2}).target
+    with pytest.raises(ValueError, match="model: the fit is for 'tiny'.*engine.dtype"):
+        check_fit_matches(fit, target, allow_mismatch=False)
+    warnings = []
+    check_fit_matches(fit, target, allow_mismatch=True, log=warnings.append)
+    assert len(warnings) == 2 and all(w.startswith("warning: ") for w in warnings)
+
+
+def test_profile_fit_simulate_end_to_end(tmp_path, tiny_path):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["profile", "--model", str(tiny_path), "--set", "max_num_seqs=4",
+                              "--set", "max_num_batched_tokens=256", "--out", str(tmp_path),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    prof = load_run(res.output.strip().splitlines()[-1])
+    assert prof.manifest["kind"] == "profile" and len(prof.steps) > 50
+    assert {"prefill_attention", "decode_max_context"} <= set(prof.steps.columns)
+    res = runner.invoke(app, ["fit", str(prof.path), "-o", str(tmp_path / "f.json")])
+    assert res.exit_code == 0 and "held-out" in res.output, res.output
+    f = tmp_path / "s.yaml"
+    f.write_text(f"name: s\ntarget: {{kind: engine, model: {tiny_path}}}\n"
+                 "arrival: {kind: poisson, rate: 5}\nprompt_tokens: {dist: fixed, value: 30}\n"
+                 "output_tokens: {dist: fixed, value: 5}\nnum_requests: 20\n")
+    res = runner.invoke(app, ["simulate", str(f), "--fit", str(tmp_path / "f.json"), "--out",
+                              str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    sim = load_run(res.output.strip().splitlines()[-1])
+    assert len(sim.requests) == 20 and list(sim.requests.columns)[:14] == list(
+        prof.requests.columns)[:14]
+    res = runner.invoke(app, ["simulate", str(f), "--fit", str(tmp_path / "f.json"),
+                              "--set", "target.model=small"])
+    assert res.exit_code == 2 and "error: model: the fit is for" in res.output

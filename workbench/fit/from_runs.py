@@ -1,0 +1,40 @@
+"""Fit a step model from run directories (profile sweeps or real scenario runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.fit.step_model import StepTimeModel, fit_step_model
+from workbench.traffic.runs import load_run
+
+
+def fit_from_runs(run_dirs: list[str | Path], seed: int = 0) -> StepTimeModel:
+    frames, target, hardware = [], None, None
+    for d in run_dirs:
+        run = load_run(d)
+        if run.steps is None or run.steps.empty:
+            raise ValueError(f"runs: {d} has no step telemetry (HTTP runs have none)")
+        t = run.manifest.get("target", {})
+        if "architecture" not in t:
+            raise ValueError(f"runs: {d} lacks the engine description a fit needs")
+        if target is not None and (t["path"], t["dtype"], t["engine_config"]["block_size"]) != (
+                target["path"], target["dtype"], target["engine_config"]["block_size"]):
+            raise ValueError(f"runs: {d} measured {t['path']} ({t['dtype']}), the first run "
+                             f"measured {target['path']} ({target['dtype']}); fit one model "
+                             "and precision at a time")
+        target = target or t
+        hardware = hardware or run.manifest.get("hardware")
+        frames.append(run.steps)
+    if not frames:
+        raise ValueError("runs: give at least one run directory")
+    model = {k: target[k] for k in ("path", "architecture", "weight_bytes", "kv_bytes_per_token",
+                                    "max_model_len", "vocab_size", "eos_token_ids",
+                                    "num_kv_blocks")}
+    model["name"] = target["model"]
+    engine = {"dtype": target["dtype"], "device": target["device"],
+              "block_size": target["engine_config"]["block_size"], "kv_cache_dtype": "auto",
+              "quantization": "none"}
+    return fit_step_model(pd.concat(frames, ignore_index=True), model, engine, hardware, seed,
+                          sources=[str(d) for d in run_dirs])

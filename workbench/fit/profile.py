@@ -1,0 +1,88 @@
+"""A designed profiling sweep: drive the real engine through chosen batch compositions.
+
+Decode batches of several sizes at several context lengths (uniform and mixed), prefill chunks
+of several sizes (fresh and with prior context), and decodes sharing a step with a prefill
+chunk. Every step goes through the engine's own `step()`, so the telemetry is exactly what
+real runs record.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workbench.engine import SamplingParams
+
+
+def profile_plan(max_num_seqs: int, max_tokens_per_step: int, max_context: int) -> list[dict]:
+    sizes = sorted({b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_num_seqs} | {max_num_seqs})
+    contexts = [c for c in (16, 64, 256, 1024) if c <= max_context // 2]
+    chunks = [c for c in (16, 64, 256, 512, 1024, 2048)
+              if c <= max_tokens_per_step and c < max_context - 1]
+    plan = [{"decodes": b, "context": c, "spread": spread}
+            for b in sizes for c in contexts for spread in (False, True)]
+    plan += [{"decodes": b, "context": 128, "prefill": p}
+             for b in sizes[:: max(1, len(sizes) // 3)] for p in chunks]
+    plan += [{"decodes": 0, "context": 0, "prefill": p} for p in chunks]
+    return plan
+
+
+def run_profile(engine, decode_steps: int = 4, seed: int = 0, progress=None) -> None:
+    """Run the plan on `engine`; the steps land in `engine.telemetry`."""
+    rng = np.random.default_rng(seed)
+    cfg = engine.config
+    vocab = engine.model_config.vocab_size
+    plan = profile_plan(cfg.max_num_seqs, cfg.max_num_batched_tokens, engine.max_model_len)
+    for i, case in enumerate(plan):
+        ids = []
+        for j in range(case["decodes"]):
+            ctx = case["context"]
+            if case.get("spread"):  # mixed lengths decorrelate total from padded context
+                ctx = int(rng.integers(max(1, ctx // 8), ctx + 1))
+            rid = f"p{i}-{j}"
+            engine.add_request(rid, rng.integers(3, vocab, size=ctx).tolist(), SamplingParams(
+                max_tokens=decode_steps + 2, temperature=0, ignore_eos=True))
+            ids.append(rid)
+        while ids and any(engine.scheduler.find(r) and engine.scheduler.find(r)
+                          .num_output_tokens == 0 for r in ids):
+            engine.step()  # prefill the decoders (recorded too: multi-sequence prefills)
+        if case.get("prefill"):
+            rid = f"p{i}-prefill"
+            engine.add_request(rid, rng.integers(3, vocab, size=case["prefill"]).tolist(),
+                               SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
+            ids.append(rid)
+        for _ in range(decode_steps):
+            if engine.has_unfinished():
+                engine.step()
+        for rid in ids:
+            engine.abort(rid)
+        if progress is not None:
+            progress.update(1)
+
+
+def profile_model(model: str, engine_config: dict | None = None, out="runs",
+                  hardware: str | None = None, seed: int = 0, progress: bool = True):
+    """Profile `model` with the designed sweep and store the steps as a run directory."""
+    import datetime as dt
+
+    from workbench.engine import EngineConfig, LLMEngine, telemetry_frame
+    from workbench.progress import progress_bar
+    from workbench.traffic.run import describe_engine
+    from workbench.traffic.runs import environment, new_run_id, requests_frame, write_run
+
+    engine = LLMEngine.from_pretrained(model, EngineConfig.from_dict(engine_config or {}))
+    cfg = engine.config
+    plan = profile_plan(cfg.max_num_seqs, cfg.max_num_batched_tokens, engine.max_model_len)
+    bar = progress_bar(len(plan), progress, "profile", unit="case")
+    started = dt.datetime.now(dt.UTC).isoformat()
+    run_profile(engine, seed=seed, progress=bar)
+    bar.close()
+    steps = telemetry_frame(engine)
+    t0 = steps["t_start"].min()
+    steps[["t_start", "t_end"]] -= t0
+    from pathlib import Path
+
+    run_id = new_run_id(f"profile-{Path(str(model)).name}")
+    manifest = {"run_id": run_id, "kind": "profile", "started": started, "hardware": hardware,
+                "target": describe_engine(engine, model), "num_cases": len(plan),
+                **environment()}
+    return write_run(out, run_id, requests_frame([]), steps, manifest)

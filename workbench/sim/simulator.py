@@ -1,0 +1,158 @@
+"""One replica on a virtual clock. The engine's real `Scheduler` and `BlockManager` decide every
+step (chunked prefill, preemption, admission: whatever they implement); the fitted step model
+says how long each step takes; no model runs. Output has the same shape as a real run.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+from workbench.engine.block_manager import BlockManager
+from workbench.engine.config import EngineConfig
+from workbench.engine.sampling_params import SamplingParams
+from workbench.engine.scheduler import Scheduler, SchedulerConfig
+from workbench.engine.sequence import Sequence
+from workbench.engine.telemetry import step_record
+from workbench.traffic.engine_driver import DriveResult
+from workbench.traffic.metrics import request_record
+
+_TOKEN = 3  # any id outside the EOS set: the simulator never needs real tokens
+
+
+def pool_blocks(cfg: EngineConfig, model: dict) -> int:
+    """The KV pool the real engine would build (explicit count, memory budget, or full-length
+    room for every sequence). The engine also caps the last at a share of free RAM: a fit
+    records the pool it saw as `num_kv_blocks` and that wins when the scenario sets nothing."""
+    if cfg.num_kv_blocks is not None:
+        return cfg.num_kv_blocks
+    if cfg.kv_cache_memory is not None:
+        return max(1, cfg.kv_cache_memory // (cfg.block_size * model["kv_bytes_per_token"]))
+    max_len = cfg.max_model_len or model["max_model_len"]
+    return cfg.max_num_seqs * -(-max_len // cfg.block_size)
+
+
+class Simulator:
+    def __init__(self, step_model, engine_config: dict | EngineConfig):
+        cfg = (engine_config if isinstance(engine_config, EngineConfig)
+               else EngineConfig.from_dict(engine_config))
+        model = step_model.model
+        self.step_model = step_model
+        self.max_model_len = cfg.max_model_len or model["max_model_len"]
+        self.block_manager = BlockManager(pool_blocks(cfg, model), cfg.block_size)
+        self.scheduler = Scheduler(SchedulerConfig(
+            cfg.max_num_seqs, cfg.max_num_batched_tokens, self.max_model_len,
+            cfg.enable_chunked_prefill, tuple(model.get("eos_token_ids", ()))),
+            self.block_manager)
+        self.telemetry = []
+        self.now = 0.0
+
+    def run(self, specs, temperature: float = 0.0, ignore_eos: bool = True,
+            concurrency: int | None = None, think_time_s: float = 0.0) -> DriveResult:
+        sched, model = self.scheduler, self.step_model
+        gap = model.inter_step_gap_s
+        res = DriveResult(t0=0.0)
+        closed = concurrency is not None
+        queue = deque(specs if closed else sorted(specs, key=lambda s: s.arrival_s))
+        ready = [0.0] * concurrency if closed else []
+        in_flight = 0
+        now = self.now
+        while queue or sched.has_unfinished():
+            # Admit everything that has arrived by now.
+            while queue and ((ready and ready[0] <= now) if closed else queue[0].arrival_s <= now):
+                spec = queue.popleft()
+                at = heapq.heappop(ready) if closed else spec.arrival_s
+                sched.add(Sequence(str(spec.index), list(spec.prompt_token_ids),
+                                   len(spec.prompt_token_ids),
+                                   SamplingParams(max_tokens=spec.max_tokens,
+                                                  temperature=temperature,
+                                                  ignore_eos=ignore_eos), at))
+                in_flight += 1
+                res.max_concurrency = max(res.max_concurrency, in_flight)
+            if not sched.has_unfinished():
+                now = max(now, ready[0] if closed else queue[0].arrival_s)
+                continue
+            out = sched.schedule(now)
+            if out.is_empty:  # cannot happen with a valid pool; never spin
+                raise RuntimeError("scheduler made no progress")
+            planned = step_record(0, now, now, out, sched, after_update=False)
+            t_end = now + max(model.predict_record(planned), 0.0)
+            finished = sched.update(out, [_TOKEN if s.samples else None for s in out.scheduled],
+                                    t_end)
+            self.telemetry.append(step_record(len(self.telemetry), now, t_end, out, sched))
+            for seq in finished:
+                in_flight -= 1
+                res.records.append(request_record(
+                    seq.request_id, seq.arrival, seq.first_scheduled, seq.token_times,
+                    seq.finish, seq.num_prompt_tokens, seq.finish_reason,
+                    seq.cached_prompt_tokens, seq.preemptions) | {"token_times": seq.token_times})
+                if closed:
+                    heapq.heappush(ready, seq.finish + think_time_s)
+            now = t_end + gap
+        self.now = now
+        return res
+
+
+def simulate_scenario(scenario, step_model, out="runs", allow_mismatch: bool = False,
+                      log=print):
+    """Simulate a scenario with a fitted model; write a run directory like a real run."""
+    import datetime as dt
+
+    from workbench.engine.telemetry import telemetry_frame
+    from workbench.traffic.arrivals import ClosedLoop
+    from workbench.traffic.metrics import summarize
+    from workbench.traffic.runs import environment, new_run_id, requests_frame, write_run
+    from workbench.traffic.scenario import EngineTarget
+    from workbench.traffic.workload import build_requests
+
+    target = scenario.target
+    if not isinstance(target, EngineTarget):
+        raise ValueError("target.kind: simulation needs an engine target (model + engine "
+                         "config), got 'http'")
+    check_fit_matches(step_model, target, allow_mismatch, log)
+    engine_cfg = dict(target.engine)
+    sim = Simulator(step_model, engine_cfg)
+    loop = scenario.arrival if isinstance(scenario.arrival, ClosedLoop) else None
+    specs = build_requests(scenario, step_model.model["vocab_size"])
+    result = sim.run(specs, scenario.temperature, scenario.ignore_eos,
+                     loop.concurrency if loop else None, loop.think_time_s if loop else 0.0)
+    requests = requests_frame(sorted(result.records, key=lambda r: int(r["request_id"])))
+    run_id = new_run_id(scenario.name + "-sim")
+    manifest = {"run_id": run_id, "kind": "simulated",
+                "started": dt.datetime.now(dt.UTC).isoformat(),
+                "scenario": scenario.model_dump(mode="json"), "hardware": step_model.hardware,
+                "target": {"model": target.model, "engine_config": engine_cfg,
+                           "num_kv_blocks": sim.block_manager.num_blocks},
+                "fit": {"created": step_model.created, "family": step_model.family,
+                        "validation": step_model.validation},
+                "max_concurrency": result.max_concurrency, "interrupted": False,
+                "num_requests_planned": len(specs),
+                "summary": summarize(requests, scenario.slos), **environment()}
+    return write_run(out, run_id, requests, telemetry_frame(sim.telemetry), manifest)
+
+
+def check_fit_matches(step_model, target, allow_mismatch: bool, log=print) -> None:
+    """Refuse a fit measured on another model or precision than the scenario asks for."""
+    from pathlib import Path
+
+    from workbench.models.tiny import PRESETS
+
+    fit_model = step_model.model
+    problems = []
+    asked = str(target.model)
+    known = {fit_model.get("name"), fit_model.get("path")}
+    if asked not in known and not (asked not in PRESETS and Path(asked).resolve() == Path(
+            fit_model.get("path", "")).resolve()):
+        problems.append(f"model: the fit is for {fit_model.get('name')!r}, the scenario asks "
+                        f"for {asked!r}")
+    for key in ("dtype", "kv_cache_dtype", "quantization"):  # what changes step cost
+        want = target.engine.get(key)
+        have = step_model.engine.get(key)
+        if want is not None and have is not None and str(want) != str(have) and not (
+                key == "dtype" and want == "auto"):
+            problems.append(f"engine.{key}: the fit was measured with {have!r}, the scenario "
+                            f"asks for {want!r}")
+    if problems and not allow_mismatch:
+        raise ValueError("; ".join(problems) + " (use --allow-mismatch to simulate anyway)")
+    for p in problems:
+        log(f"warning: {p}")
