@@ -32,9 +32,3 @@ def feature_matrix(steps) -> np.ndarray:
         (df["num_decode_seqs"] * df["decode_max_context"]).to_numpy(float),
     ]
     return np.stack(cols, axis=1)
-
-
-def record_features(r) -> list[float]:
-    """The same features for one StepRecord: the simulator's hot path, no pandas."""
-    return [1.0, r.num_prefill_tokens, r.prefill_attention, r.num_prefill_seqs,
-            r.num_decode_seqs, r.decode_context, r.num_decode_seqs * r.decode_max_context]

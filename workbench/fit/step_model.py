@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import nnls
 
-from workbench.fit.features import FEATURES, feature_matrix, record_features
+from workbench.fit.features import FEATURES, feature_matrix
 
 
 @dataclass
@@ -33,8 +33,12 @@ class StepTimeModel:
     def __post_init__(self) -> None:
         self._coef = [self.coefficients.get(f, 0.0) for f in FEATURES]
 
-    def predict_record(self, record) -> float:
-        return sum(c * x for c, x in zip(self._coef, record_features(record), strict=True))
+    def predict_record(self, r) -> float:
+        """One step's seconds; written out by hand because the simulator calls it per step."""
+        c = self._coef
+        return (c[0] + c[1] * r.num_prefill_tokens + c[2] * r.prefill_attention
+                + c[3] * r.num_prefill_seqs + c[4] * r.num_decode_seqs
+                + c[5] * r.decode_context + c[6] * r.num_decode_seqs * r.decode_max_context)
 
     def predict(self, steps) -> np.ndarray:
         return feature_matrix(steps) @ np.asarray(self._coef)

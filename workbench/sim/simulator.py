@@ -5,6 +5,7 @@ says how long each step takes; no model runs. Output has the same shape as a rea
 
 from __future__ import annotations
 
+import gc
 import heapq
 from collections import deque
 
@@ -49,6 +50,17 @@ class Simulator:
 
     def run(self, specs, temperature: float = 0.0, ignore_eos: bool = True,
             concurrency: int | None = None, think_time_s: float = 0.0) -> DriveResult:
+        # Millions of step records would make the cyclic GC rescan them over and over; the
+        # loop creates no reference cycles, so collection can wait until it ends.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(specs, temperature, ignore_eos, concurrency, think_time_s)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _run(self, specs, temperature, ignore_eos, concurrency, think_time_s) -> DriveResult:
         sched, model = self.scheduler, self.step_model
         gap = model.inter_step_gap_s
         res = DriveResult(t0=0.0)
@@ -75,11 +87,14 @@ class Simulator:
             out = sched.schedule(now)
             if out.is_empty:  # cannot happen with a valid pool; never spin
                 raise RuntimeError("scheduler made no progress")
-            planned = step_record(0, now, now, out, sched, after_update=False)
-            t_end = now + max(model.predict_record(planned), 0.0)
+            # Features come from the batch before update; the pool's state after it.
+            rec = step_record(len(self.telemetry), now, now, out, sched, after_update=False)
+            t_end = now + max(model.predict_record(rec), 0.0)
             finished = sched.update(out, [_TOKEN if s.samples else None for s in out.scheduled],
                                     t_end)
-            self.telemetry.append(step_record(len(self.telemetry), now, t_end, out, sched))
+            rec.t_end = t_end
+            rec.kv_blocks_used = self.block_manager.num_used_blocks
+            self.telemetry.append(rec)
             for seq in finished:
                 in_flight -= 1
                 res.records.append(request_record(
