@@ -133,3 +133,58 @@ def test_profile_fit_simulate_end_to_end(tmp_path, tiny_path):
     res = runner.invoke(app, ["simulate", str(f), "--fit", str(tmp_path / "f.json"),
                               "--set", "target.model=small"])
     assert res.exit_code == 2 and "error: model: the fit is for" in res.output
+
+
+def _capacity_case():
+    from workbench.traffic.scenario import parse_scenario
+
+    sc = parse_scenario({
+        "name": "cap", "seed": 2, "arrival": {"kind": "poisson", "rate": 60.0},
+        "target": {"kind": "engine", "model": "tiny", "engine": {"max_num_seqs": 8}},
+        "prompt_tokens": {"dist": "uniform", "low": 16, "high": 64},
+        "output_tokens": {"dist": "uniform", "low": 8, "high": 24}, "num_requests": 300,
+        "slo": {"ttft_s": 0.06, "tpot_s": 0.02, "percentile": 90}})
+    fit = StepTimeModel(dict.fromkeys(FEATURES, 0.0) | {
+        "const": 2e-3, "prefill_tokens": 1e-4, "decode_seqs": 1e-3}, MODEL, ENGINE)
+    return sc, fit
+
+
+def test_capacity_search_agrees_with_brute_force():
+    from workbench.sim.capacity import brute_force_min_replicas, evaluate, max_rate, min_replicas
+
+    sc, fit = _capacity_case()
+    for lb in ("round-robin", "least-outstanding"):
+        n, tried = min_replicas(sc, fit, lb, max_replicas=16)
+        assert n == brute_force_min_replicas(sc, fit, lb, max_replicas=16)
+        assert n is not None and n > 1  # the case is meant to need a cluster
+        assert not evaluate(sc, fit, n - 1, lb).met and evaluate(sc, fit, n, lb).met
+    rate, curve = max_rate(sc, fit, replicas=2)
+    assert evaluate(sc, fit, 2, rate=rate).met
+    assert not evaluate(sc, fit, 2, rate=rate * 1.15).met
+    assert rate > 0 and len(curve) >= 3
+
+
+def test_bad_load_balancer_name():
+    sc, fit = _capacity_case()
+    with pytest.raises(ValueError, match="lb: must be one of"):
+        Simulator(fit, {}, replicas=2, lb="fastest")
+
+
+def test_plan_capacity_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    sc, fit = _capacity_case()
+    fit.save(tmp_path / "f.json")
+    f = tmp_path / "cap.yaml"
+    import yaml
+
+    f.write_text(yaml.safe_dump(sc.model_dump(mode="json")))
+    res = CliRunner().invoke(app, ["plan", "capacity", str(f), "--fit", str(tmp_path / "f.json"),
+                                   "--max-replicas", "16"])
+    assert res.exit_code == 0, res.output
+    assert "replicas needed:" in res.output and "one replica sustains" in res.output
+    res = CliRunner().invoke(app, ["plan", "capacity", str(f), "--fit", str(tmp_path / "f.json"),
+                                   "--lb", "nearest"])
+    assert res.exit_code == 2 and "error: lb: must be one of" in res.output

@@ -12,6 +12,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LLM Serving Workbench: run, measure and plan LLM inference.")
 models_app = typer.Typer(no_args_is_help=True, help="Embedded model presets.")
 app.add_typer(models_app, name="models")
+plan_app = typer.Typer(no_args_is_help=True, help="Planning: capacity, memory, cost, choices.")
+app.add_typer(plan_app, name="plan")
 
 
 def user_errors(fn):
@@ -206,6 +208,9 @@ def simulate(
         help="Use a fit measured on another model/precision, with a warning.")] = False,
     compare: Annotated[str | None, typer.Option(
         help="A real run of the same scenario to compare with.")] = None,
+    replicas: Annotated[int, typer.Option(help="Replicas behind the load balancer.")] = 1,
+    lb: Annotated[str, typer.Option(help="round-robin | random | least-outstanding | least-kv "
+                                         "| prefix-affinity")] = "round-robin",
     out: str = "runs",
 ):
     """Simulate a scenario on a virtual clock with the real scheduler; print the run directory."""
@@ -215,12 +220,55 @@ def simulate(
 
     sc = load_scenario(scenario, set_ or [])
     path = simulate_scenario(sc, load_fit(fit_file), out, allow_mismatch,
-                             log=lambda m: typer.echo(m, err=True))
+                             log=lambda m: typer.echo(m, err=True), replicas=replicas, lb=lb)
     if compare:
         from workbench.sim.compare import compare_runs
 
         typer.echo(compare_runs(compare, path).to_string(index=False), err=True)
     typer.echo(path)
+
+
+@plan_app.command()
+@user_errors
+def capacity(
+    scenario: Annotated[str, typer.Argument(help="Scenario YAML file (its SLOs are the goal).")],
+    fit_file: Annotated[str, typer.Option("--fit", help="Fit file from `workbench fit`.")],
+    rate: Annotated[float | None, typer.Option(help="Target rate (default: the scenario's).")]
+    = None,
+    lb: str = "least-outstanding",
+    max_replicas: int = 64,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value")] = None,
+    allow_mismatch: bool = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Fewest replicas meeting the scenario's SLOs at the rate, and what one replica sustains."""
+    import json
+    from dataclasses import asdict
+
+    from workbench.fit import load_fit
+    from workbench.sim.capacity import max_rate, min_replicas
+    from workbench.sim.simulator import check_fit_matches
+    from workbench.traffic import load_scenario
+
+    sc = load_scenario(scenario, set_ or [])
+    fit = load_fit(fit_file)
+    check_fit_matches(fit, sc.target, allow_mismatch, log=lambda m: typer.echo(m, err=True))
+    n, tried = min_replicas(sc, fit, lb, max_replicas, rate)
+    one, curve = max_rate(sc, fit, 1, lb, start=max(0.1, (rate or sc.arrival.rate) / 4))
+    result = {"replicas": n, "rate": rate or sc.arrival.rate, "lb": lb,
+              "slo": sc.slos, "percentile": sc.slo.percentile,
+              "max_rate_one_replica": one, "evaluations": [asdict(e) for e in tried],
+              "goodput_curve": [asdict(e) for e in curve]}
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    goal = ", ".join(f"{k} p{sc.slo.percentile:g} <= {v * 1e3:g} ms" for k, v in sc.slos.items())
+    typer.echo(f"goal: {goal} at {result['rate']:g} req/s ({lb})")
+    for e in tried:
+        got = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in e.percentiles.items())
+        typer.echo(f"  {e.replicas:3d} replicas: {'meets' if e.met else 'misses'} ({got})")
+    typer.echo(f"replicas needed: {n if n is not None else f'more than {max_replicas}'}")
+    typer.echo(f"one replica sustains about {one:.2f} req/s within the SLOs")
 
 
 @models_app.command("list")

@@ -33,11 +33,14 @@ def pool_blocks(cfg: EngineConfig, model: dict) -> int:
     return cfg.max_num_seqs * -(-max_len // cfg.block_size)
 
 
-class Simulator:
-    def __init__(self, step_model, engine_config: dict | EngineConfig):
+class Replica:
+    """One engine replica on the virtual clock: its own scheduler, pool and step telemetry."""
+
+    def __init__(self, step_model, engine_config: dict | EngineConfig, index: int = 0):
         cfg = (engine_config if isinstance(engine_config, EngineConfig)
                else EngineConfig.from_dict(engine_config))
         model = step_model.model
+        self.index = index
         self.step_model = step_model
         self.max_model_len = cfg.max_model_len or model["max_model_len"]
         self.block_manager = BlockManager(pool_blocks(cfg, model), cfg.block_size)
@@ -45,8 +48,53 @@ class Simulator:
             cfg.max_num_seqs, cfg.max_num_batched_tokens, self.max_model_len,
             cfg.enable_chunked_prefill, tuple(model.get("eos_token_ids", ()))),
             self.block_manager)
-        self.telemetry = []
-        self.now = 0.0
+        self.telemetry: list = []
+        self.now = 0.0  # when this replica can start its next step
+        self._gap = step_model.inter_step_gap_s
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.scheduler.running) + len(self.scheduler.waiting)
+
+    def admit(self, seq: Sequence) -> None:
+        if not self.scheduler.has_unfinished():
+            self.now = max(self.now, seq.arrival)  # an idle replica wakes at the arrival
+        self.scheduler.add(seq)
+
+    def step(self) -> list[Sequence]:
+        """Run one step starting at self.now; return the sequences that finished in it."""
+        sched = self.scheduler
+        now = self.now
+        out = sched.schedule(now)
+        if out.is_empty:  # cannot happen with a valid pool; never spin
+            raise RuntimeError("scheduler made no progress")
+        # Features come from the batch before update; the pool's state after it.
+        rec = step_record(len(self.telemetry), now, now, out, sched, after_update=False)
+        t_end = now + max(self.step_model.predict_record(rec), 0.0)
+        finished = sched.update(out, [_TOKEN if s.samples else None for s in out.scheduled],
+                                t_end)
+        rec.t_end = t_end
+        rec.kv_blocks_used = self.block_manager.num_used_blocks
+        self.telemetry.append(rec)
+        self.now = t_end + self._gap
+        return finished
+
+
+class Simulator:
+    """Replicas behind a load balancer (one replica by default), driven by a request schedule."""
+
+    def __init__(self, step_model, engine_config: dict | EngineConfig, replicas: int = 1,
+                 lb: str = "round-robin", seed: int = 0):
+        from workbench.sim.load_balancer import make_balancer
+
+        if replicas < 1:
+            raise ValueError(f"replicas: must be >= 1, got {replicas}")
+        self.replicas = [Replica(step_model, engine_config, i) for i in range(replicas)]
+        self.balancer = make_balancer(lb, seed)
+
+    @property
+    def telemetry(self) -> list:
+        return [r for rep in self.replicas for r in rep.telemetry]
 
     def run(self, specs, temperature: float = 0.0, ignore_eos: bool = True,
             concurrency: int | None = None, think_time_s: float = 0.0) -> DriveResult:
@@ -61,89 +109,97 @@ class Simulator:
                 gc.enable()
 
     def _run(self, specs, temperature, ignore_eos, concurrency, think_time_s) -> DriveResult:
-        sched, model = self.scheduler, self.step_model
-        gap = model.inter_step_gap_s
         res = DriveResult(t0=0.0)
+        replicas, balancer = self.replicas, self.balancer
         closed = concurrency is not None
         queue = deque(specs if closed else sorted(specs, key=lambda s: s.arrival_s))
         ready = [0.0] * concurrency if closed else []
+        inf = float("inf")
         in_flight = 0
-        now = self.now
-        while queue or sched.has_unfinished():
-            # Admit everything that has arrived by now.
-            while queue and ((ready and ready[0] <= now) if closed else queue[0].arrival_s <= now):
+        while True:
+            t_arrive = (ready[0] if ready else inf) if closed else (
+                queue[0].arrival_s if queue else inf)
+            if not queue:
+                t_arrive = inf
+            busy = [r for r in replicas if r.scheduler.has_unfinished()]
+            nxt = min(busy, key=lambda r: r.now) if busy else None
+            if nxt is None and t_arrive == inf:
+                break
+            if nxt is None or t_arrive <= nxt.now:  # arrivals first, as the engine driver does
                 spec = queue.popleft()
                 at = heapq.heappop(ready) if closed else spec.arrival_s
-                sched.add(Sequence(str(spec.index), list(spec.prompt_token_ids),
-                                   len(spec.prompt_token_ids),
-                                   SamplingParams(max_tokens=spec.max_tokens,
-                                                  temperature=temperature,
-                                                  ignore_eos=ignore_eos), at))
+                seq = Sequence(str(spec.index), list(spec.prompt_token_ids),
+                               len(spec.prompt_token_ids),
+                               SamplingParams(max_tokens=spec.max_tokens,
+                                              temperature=temperature, ignore_eos=ignore_eos),
+                               at)
+                target = replicas[balancer.choose(replicas, spec)] if len(replicas) > 1 \
+                    else replicas[0]
+                target.admit(seq)
+                res.placement[seq.request_id] = target.index
                 in_flight += 1
                 res.max_concurrency = max(res.max_concurrency, in_flight)
-            if not sched.has_unfinished():
-                now = max(now, ready[0] if closed else queue[0].arrival_s)
                 continue
-            out = sched.schedule(now)
-            if out.is_empty:  # cannot happen with a valid pool; never spin
-                raise RuntimeError("scheduler made no progress")
-            # Features come from the batch before update; the pool's state after it.
-            rec = step_record(len(self.telemetry), now, now, out, sched, after_update=False)
-            t_end = now + max(model.predict_record(rec), 0.0)
-            finished = sched.update(out, [_TOKEN if s.samples else None for s in out.scheduled],
-                                    t_end)
-            rec.t_end = t_end
-            rec.kv_blocks_used = self.block_manager.num_used_blocks
-            self.telemetry.append(rec)
-            for seq in finished:
+            for seq in nxt.step():
                 in_flight -= 1
                 res.records.append(request_record(
                     seq.request_id, seq.arrival, seq.first_scheduled, seq.token_times,
                     seq.finish, seq.num_prompt_tokens, seq.finish_reason,
-                    seq.cached_prompt_tokens, seq.preemptions) | {"token_times": seq.token_times})
+                    seq.cached_prompt_tokens, seq.preemptions)
+                    | {"token_times": seq.token_times, "replica": nxt.index})
                 if closed:
                     heapq.heappush(ready, seq.finish + think_time_s)
-            now = t_end + gap
-        self.now = now
         return res
 
 
+def simulate_requests(scenario, step_model, replicas: int = 1, lb: str = "round-robin"):
+    """Simulate in memory: (requests DataFrame, the Simulator, number of requests planned)."""
+    from workbench.traffic.arrivals import ClosedLoop
+    from workbench.traffic.runs import requests_frame
+    from workbench.traffic.workload import build_requests
+
+    sim = Simulator(step_model, dict(scenario.target.engine), replicas, lb, scenario.seed)
+    loop = scenario.arrival if isinstance(scenario.arrival, ClosedLoop) else None
+    specs = build_requests(scenario, step_model.model["vocab_size"])
+    result = sim.run(specs, scenario.temperature, scenario.ignore_eos,
+                     loop.concurrency if loop else None, loop.think_time_s if loop else 0.0)
+    records = sorted(result.records, key=lambda r: int(r["request_id"]))
+    return requests_frame(records), sim, len(specs), result.max_concurrency
+
+
 def simulate_scenario(scenario, step_model, out="runs", allow_mismatch: bool = False,
-                      log=print):
+                      log=print, replicas: int = 1, lb: str = "round-robin"):
     """Simulate a scenario with a fitted model; write a run directory like a real run."""
     import datetime as dt
 
+    import pandas as pd
+
     from workbench.engine.telemetry import telemetry_frame
-    from workbench.traffic.arrivals import ClosedLoop
     from workbench.traffic.metrics import summarize
-    from workbench.traffic.runs import environment, new_run_id, requests_frame, write_run
+    from workbench.traffic.runs import environment, new_run_id, write_run
     from workbench.traffic.scenario import EngineTarget
-    from workbench.traffic.workload import build_requests
 
     target = scenario.target
     if not isinstance(target, EngineTarget):
         raise ValueError("target.kind: simulation needs an engine target (model + engine "
                          "config), got 'http'")
     check_fit_matches(step_model, target, allow_mismatch, log)
-    engine_cfg = dict(target.engine)
-    sim = Simulator(step_model, engine_cfg)
-    loop = scenario.arrival if isinstance(scenario.arrival, ClosedLoop) else None
-    specs = build_requests(scenario, step_model.model["vocab_size"])
-    result = sim.run(specs, scenario.temperature, scenario.ignore_eos,
-                     loop.concurrency if loop else None, loop.think_time_s if loop else 0.0)
-    requests = requests_frame(sorted(result.records, key=lambda r: int(r["request_id"])))
+    requests, sim, planned, max_conc = simulate_requests(scenario, step_model, replicas, lb)
     run_id = new_run_id(scenario.name + "-sim")
     manifest = {"run_id": run_id, "kind": "simulated",
                 "started": dt.datetime.now(dt.UTC).isoformat(),
                 "scenario": scenario.model_dump(mode="json"), "hardware": step_model.hardware,
-                "target": {"model": target.model, "engine_config": engine_cfg,
-                           "num_kv_blocks": sim.block_manager.num_blocks},
+                "target": {"model": target.model, "engine_config": dict(target.engine),
+                           "num_kv_blocks": sim.replicas[0].block_manager.num_blocks},
+                "replicas": replicas, "lb": lb,
                 "fit": {"created": step_model.created, "family": step_model.family,
                         "validation": step_model.validation},
-                "max_concurrency": result.max_concurrency, "interrupted": False,
-                "num_requests_planned": len(specs),
+                "max_concurrency": max_conc, "interrupted": False,
+                "num_requests_planned": planned,
                 "summary": summarize(requests, scenario.slos), **environment()}
-    return write_run(out, run_id, requests, telemetry_frame(sim.telemetry), manifest)
+    steps = pd.concat([telemetry_frame(r.telemetry).assign(replica=r.index)
+                       for r in sim.replicas], ignore_index=True)
+    return write_run(out, run_id, requests, steps, manifest)
 
 
 def check_fit_matches(step_model, target, allow_mismatch: bool, log=print) -> None:

@@ -24,6 +24,7 @@ class DriveResult:
     t0: float = 0.0  # run start on the engine clock
     interrupted: bool = False
     max_concurrency: int = 0  # most requests in flight at once
+    placement: dict = field(default_factory=dict)  # request id -> replica (simulated clusters)
 
 
 def drive_engine(engine, specs: list[RequestSpec], temperature: float = 0.0,

@@ -60,7 +60,7 @@ def environment() -> dict:
 
 
 def requests_frame(records: list[dict]) -> pd.DataFrame:
-    cols = REQUEST_COLUMNS + [c for c in ("token_times", "send_lateness", "error")
+    cols = REQUEST_COLUMNS + [c for c in ("token_times", "send_lateness", "error", "replica")
                               if any(c in r for r in records)]
     return pd.DataFrame(records, columns=cols)
 
