@@ -26,7 +26,7 @@ def profile_plan(max_num_seqs: int, max_tokens_per_step: int, max_context: int) 
     return plan
 
 
-def run_profile(engine, decode_steps: int = 4, seed: int = 0, progress=None) -> None:
+def run_profile(engine, decode_steps: int = 8, seed: int = 0, progress=None) -> None:
     """Run the plan on `engine`; the steps land in `engine.telemetry`."""
     rng = np.random.default_rng(seed)
     cfg = engine.config
