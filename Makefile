@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generation.py --repeats 3
 	$(BIN)/python benchmarks/bench_driver_lateness.py
+	$(BIN)/python benchmarks/bench_sim_fidelity.py
 
 clean:
 	rm -rf $(VENV) runs fits .pytest_cache
