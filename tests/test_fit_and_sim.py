@@ -51,6 +51,8 @@ def test_fit_recovers_known_costs(tmp_path):
     for name, value in truth.items():
         assert fit.coefficients[name] == pytest.approx(value, rel=0.15), name
     assert fit.validation["mape"] < 0.03 and fit.validation["r2"] > 0.98
+    # the alternative family is scored on the same held-out steps
+    assert 0 < fit.validation["alternatives"]["gradient-boosting"]["mape"] < 1
     again = load_fit(fit.save(tmp_path / "f.json"))
     assert again.coefficients == fit.coefficients and again.hardware == "test-box"
     with pytest.raises(ValueError, match="steps: .* too few"):
