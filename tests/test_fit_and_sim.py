@@ -132,6 +132,12 @@ def test_profile_fit_simulate_end_to_end(tmp_path, tiny_path):
     sim = load_run(res.output.strip().splitlines()[-1])
     assert len(sim.requests) == 20 and list(sim.requests.columns)[:14] == list(
         prof.requests.columns)[:14]
+    res = runner.invoke(app, ["simulate", str(f), "--fit", str(tmp_path / "f.json"), "--tp", "2",
+                              "--replicas", "2", "--lb", "least-kv", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    tp = load_run(res.output.strip().splitlines()[-1])
+    assert tp.manifest["extrapolated"] and tp.manifest["tensor_parallel"] == 2
+    assert set(tp.requests.replica) == {0, 1} and set(tp.steps.replica) == {0, 1}
     res = runner.invoke(app, ["simulate", str(f), "--fit", str(tmp_path / "f.json"),
                               "--set", "target.model=small"])
     assert res.exit_code == 2 and "error: model: the fit is for" in res.output
@@ -190,3 +196,28 @@ def test_plan_capacity_cli(tmp_path):
     res = CliRunner().invoke(app, ["plan", "capacity", str(f), "--fit", str(tmp_path / "f.json"),
                                    "--lb", "nearest"])
     assert res.exit_code == 2 and "error: lb: must be one of" in res.output
+
+
+def test_tensor_parallel_scaling_by_hand():
+    from types import SimpleNamespace
+
+    from workbench.sim.parallelism import Link, ParallelStepModel
+
+    model = MODEL | {"hidden_size": 4096, "num_layers": 32}
+    base = StepTimeModel(dict.fromkeys(FEATURES, 0.0) | {"const": 1e-3, "decode_seqs": 1e-4},
+                         model, ENGINE)
+    link = Link(bandwidth_bytes_s=100e9, latency_s=5e-6)
+    r = SimpleNamespace(num_prefill_tokens=0, prefill_attention=0, num_prefill_seqs=0,
+                        num_decode_seqs=8, decode_context=0, decode_max_context=0)
+    assert ParallelStepModel(base, 1, 1, link).predict_record(r) == pytest.approx(1.8e-3)
+    tp2 = ParallelStepModel(base, 2, 1, link).predict_record(r)
+    # compute halves; 2 all-reduces x 32 layers of 8 tokens x 4096 x 2 bytes, ring over 2
+    ring = 2 * (1 / 2) * 8 * 4096 * 2 / 100e9 + 2 * 1 * 5e-6
+    assert tp2 == pytest.approx(1e-3 + 0.8e-3 / 2 + 64 * ring)
+    pp4 = ParallelStepModel(base, 1, 4, link).predict_record(r)
+    assert pp4 == pytest.approx(1.8e-3 + 3 * (8 * 4096 * 2 / 100e9 + 5e-6))
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        ParallelStepModel(base, 0)
+    sim = Simulator(ParallelStepModel(base, 2, 1, link), {"max_num_seqs": 4})
+    res = sim.run([RequestSpec(0, 0.0, list(range(3, 13)), 3)])
+    assert len(res.records) == 1

@@ -211,6 +211,10 @@ def simulate(
     replicas: Annotated[int, typer.Option(help="Replicas behind the load balancer.")] = 1,
     lb: Annotated[str, typer.Option(help="round-robin | random | least-outstanding | least-kv "
                                          "| prefix-affinity")] = "round-robin",
+    tp: Annotated[int, typer.Option(help="Tensor-parallel degree (analytic extrapolation).")]
+    = 1,
+    pp: Annotated[int, typer.Option(help="Pipeline-parallel degree (analytic extrapolation).")]
+    = 1,
     out: str = "runs",
 ):
     """Simulate a scenario on a virtual clock with the real scheduler; print the run directory."""
@@ -220,7 +224,8 @@ def simulate(
 
     sc = load_scenario(scenario, set_ or [])
     path = simulate_scenario(sc, load_fit(fit_file), out, allow_mismatch,
-                             log=lambda m: typer.echo(m, err=True), replicas=replicas, lb=lb)
+                             log=lambda m: typer.echo(m, err=True), replicas=replicas, lb=lb,
+                             tp=tp, pp=pp)
     if compare:
         from workbench.sim.compare import compare_runs
 

@@ -29,9 +29,9 @@ def fit_from_runs(run_dirs: list[str | Path], seed: int = 0) -> StepTimeModel:
         frames.append(run.steps)
     if not frames:
         raise ValueError("runs: give at least one run directory")
-    model = {k: target[k] for k in ("path", "architecture", "weight_bytes", "kv_bytes_per_token",
-                                    "max_model_len", "vocab_size", "eos_token_ids",
-                                    "num_kv_blocks")}
+    model = {k: target.get(k) for k in ("path", "architecture", "hidden_size", "num_layers",
+                                        "weight_bytes", "kv_bytes_per_token", "max_model_len",
+                                        "vocab_size", "eos_token_ids", "num_kv_blocks")}
     model["name"] = target["model"]
     engine = {"dtype": target["dtype"], "device": target["device"],
               "block_size": target["engine_config"]["block_size"], "kv_cache_dtype": "auto",

@@ -168,8 +168,11 @@ def simulate_requests(scenario, step_model, replicas: int = 1, lb: str = "round-
 
 
 def simulate_scenario(scenario, step_model, out="runs", allow_mismatch: bool = False,
-                      log=print, replicas: int = 1, lb: str = "round-robin"):
-    """Simulate a scenario with a fitted model; write a run directory like a real run."""
+                      log=print, replicas: int = 1, lb: str = "round-robin", tp: int = 1,
+                      pp: int = 1):
+    """Simulate a scenario with a fitted model; write a run directory like a real run.
+
+    tp / pp > 1 scale the single-device fit analytically (an extrapolation, so labelled)."""
     import datetime as dt
 
     import pandas as pd
@@ -184,16 +187,24 @@ def simulate_scenario(scenario, step_model, out="runs", allow_mismatch: bool = F
         raise ValueError("target.kind: simulation needs an engine target (model + engine "
                          "config), got 'http'")
     check_fit_matches(step_model, target, allow_mismatch, log)
+    fit = step_model
+    if tp > 1 or pp > 1:
+        from workbench.sim.parallelism import ParallelStepModel
+
+        step_model = ParallelStepModel(fit, tp, pp)
+        log(f"note: tensor_parallel={tp}, pipeline_parallel={pp} is an analytic extrapolation "
+            "from a single-device fit")
     requests, sim, planned, max_conc = simulate_requests(scenario, step_model, replicas, lb)
     run_id = new_run_id(scenario.name + "-sim")
     manifest = {"run_id": run_id, "kind": "simulated",
                 "started": dt.datetime.now(dt.UTC).isoformat(),
-                "scenario": scenario.model_dump(mode="json"), "hardware": step_model.hardware,
+                "scenario": scenario.model_dump(mode="json"), "hardware": fit.hardware,
                 "target": {"model": target.model, "engine_config": dict(target.engine),
                            "num_kv_blocks": sim.replicas[0].block_manager.num_blocks},
-                "replicas": replicas, "lb": lb,
-                "fit": {"created": step_model.created, "family": step_model.family,
-                        "validation": step_model.validation},
+                "replicas": replicas, "lb": lb, "tensor_parallel": tp, "pipeline_parallel": pp,
+                "extrapolated": tp > 1 or pp > 1,
+                "fit": {"created": fit.created, "family": fit.family,
+                        "validation": fit.validation},
                 "max_concurrency": max_conc, "interrupted": False,
                 "num_requests_planned": planned,
                 "summary": summarize(requests, scenario.slos), **environment()}

@@ -84,6 +84,7 @@ def describe_engine(engine, name: str) -> dict:
     cfg = engine.model_config
     return {
         "model": str(name), "path": str(engine.model_path), "architecture": cfg.architecture,
+        "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
         "weight_bytes": engine.model.weight_bytes(),
         "kv_bytes_per_token": cfg.kv_bytes_per_token(engine.kv_caches[0][0].element_size()),
         "max_model_len": engine.max_model_len, "vocab_size": cfg.vocab_size,
