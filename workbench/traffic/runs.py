@@ -91,7 +91,8 @@ def load_run(path: str | Path) -> Run:
         raise ValueError(f"run: {path} is not a run directory (no manifest.json)")
     steps_file = path / "steps.parquet"
     steps = pd.read_parquet(steps_file) if steps_file.exists() else None
-    if steps is not None:
-        steps = steps[[c for c in STEP_COLUMNS if c in steps]]
+    if steps is not None:  # contract columns first; extras (e.g. replica) after
+        steps = steps[[c for c in STEP_COLUMNS if c in steps]
+                      + [c for c in steps if c not in STEP_COLUMNS]]
     return Run(path, pd.read_parquet(path / "requests.parquet"), steps,
                json.loads((path / "manifest.json").read_text()))
