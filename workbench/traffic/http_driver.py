@@ -24,19 +24,26 @@ def drive_http(target, specs: list[RequestSpec], temperature: float = 0.0,
                ignore_eos: bool = True, concurrency: int | None = None,
                think_time_s: float = 0.0, progress=None, prompts: list | None = None,
                max_wall_s: float | None = None) -> DriveResult:
-    """`prompts` overrides what is sent per request (e.g. text); default: the token ids."""
-    return asyncio.run(_drive(target, specs, temperature, ignore_eos, concurrency,
-                              think_time_s, progress, prompts, max_wall_s))
+    """`prompts` overrides what is sent per request (e.g. text); default: the token ids.
+
+    Ctrl-C stops sending and returns the requests that completed, marked interrupted."""
+    res = DriveResult(t0=time.monotonic())
+    try:
+        asyncio.run(_drive(res, target, specs, temperature, ignore_eos, concurrency,
+                           think_time_s, progress, prompts, max_wall_s))
+    except KeyboardInterrupt:  # asyncio.run re-raises it after cancelling the work
+        res.interrupted = True
+    return res
 
 
-async def _drive(target, specs, temperature, ignore_eos, concurrency, think_time_s, progress,
-                 prompts, max_wall_s) -> DriveResult:
+async def _drive(res, target, specs, temperature, ignore_eos, concurrency, think_time_s,
+                 progress, prompts, max_wall_s) -> None:
     headers = {}
     key = target.api_key or (os.environ.get(target.api_key_env) if target.api_key_env else None)
     if key:
         headers["Authorization"] = f"Bearer {key}"
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    res = DriveResult(t0=time.monotonic())
+    res.t0 = time.monotonic()
     in_flight = 0
 
     async with httpx.AsyncClient(base_url=target.url.rstrip("/"), headers=headers,
@@ -78,9 +85,8 @@ async def _drive(target, specs, temperature, ignore_eos, concurrency, think_time
         work = closed_loop() if concurrency else open_loop()
         try:
             await asyncio.wait_for(work, timeout=max_wall_s)
-        except (TimeoutError, asyncio.CancelledError, KeyboardInterrupt):
+        except (TimeoutError, asyncio.CancelledError):
             res.interrupted = True
-    return res
 
 
 async def _one(client: httpx.AsyncClient, model: str, spec: RequestSpec, prompt, temperature,
