@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from typing import Annotated
 
 import typer
 
+from workbench.cli_errors import user_errors
+from workbench.plan.cli import plan_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LLM Serving Workbench: run, measure and plan LLM inference.")
 models_app = typer.Typer(no_args_is_help=True, help="Embedded model presets.")
 app.add_typer(models_app, name="models")
-plan_app = typer.Typer(no_args_is_help=True, help="Planning: capacity, memory, cost, choices.")
 app.add_typer(plan_app, name="plan")
-
-
-def user_errors(fn):
-    """Turn ValueErrors (bad input, named field) into one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ValueError as e:  # a ScenarioError carries one line per problem
-            for line in str(e).splitlines() or [type(e).__name__]:
-                typer.echo(f"error: {line}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 @app.command()

@@ -14,6 +14,7 @@ from workbench.plan.memory import (
     canonical_precision,
     kv_dtype_for,
     kv_estimate,
+    param_count,
     weight_bytes,
     weight_bytes_per_gpu,
 )
@@ -105,8 +106,6 @@ def memory_plan(m: ModelArch, hw: Hardware, precision: str = "bf16", context: in
 
 
 def _params_b(m: ModelArch) -> float:
-    from workbench.plan.memory import param_count
-
     return param_count(m) / 1e9
 
 

@@ -41,6 +41,7 @@ class Efficiency:
 
 
 PEAK = Efficiency(1.0, 1.0, "the pure roofline bound: spec-sheet peaks")
+DEFAULT_EFFICIENCY = Efficiency()
 
 
 def efficiency_from_measurement(bound_s: float, measured_s: float) -> float:
@@ -112,7 +113,7 @@ def _attention_flops(m: ModelArch, query_tokens: int, keys: float) -> float:
 
 def decode_step(m: ModelArch, hw: Hardware, batch: int = 1, context: int = 0,
                 precision: str = "bf16", kv_dtype: str = "auto", tp: int = 1,
-                efficiency: Efficiency = Efficiency(), group_size: int = 128) -> StepTime:
+                efficiency: Efficiency = DEFAULT_EFFICIENCY, group_size: int = 128) -> StepTime:
     """One decode step: `batch` sequences each with `context` tokens already cached."""
     check_positive(batch=batch)
     if context < 0:
@@ -128,7 +129,7 @@ def decode_step(m: ModelArch, hw: Hardware, batch: int = 1, context: int = 0,
 
 def prefill_step(m: ModelArch, hw: Hardware, prompt_tokens: int, batch: int = 1,
                  precision: str = "bf16", kv_dtype: str = "auto", tp: int = 1,
-                 efficiency: Efficiency = Efficiency(), group_size: int = 128) -> StepTime:
+                 efficiency: Efficiency = DEFAULT_EFFICIENCY, group_size: int = 128) -> StepTime:
     """Prefill of `batch` prompts of `prompt_tokens` each: weights read once, KV written."""
     check_positive(prompt_tokens=prompt_tokens, batch=batch)
     n = prompt_tokens * batch

@@ -66,6 +66,11 @@ def evaluate(tree: Tree, answers: Mapping[str, str]) -> Decision:
     Only questions on the path need answers; a missing or unknown one raises a ValueError that
     names the field and its allowed values.
     """
+    # Check every given answer, not only those on the path, so a typo never passes silently.
+    for key, allowed in questions(tree).items():
+        given = answers.get(key)
+        if given is not None and str(given).lower() not in allowed:
+            raise ValueError(f"{key}: unknown {given!r}; allowed: {', '.join(sorted(allowed))}")
     node: Question | Leaf = tree.root
     path: list[Step] = []
     while isinstance(node, Question):

@@ -1,0 +1,113 @@
+"""`plan framework | quantization | parallelism | caching`: decision trees on the command line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from workbench.plan import render
+
+Opt = typer.Option
+
+
+def _show(out, as_json: bool, tree: str, answers: dict, facts: dict | None = None,
+          extra: str = "", extra_data: dict | None = None) -> None:
+    from workbench.plan.trees import recommend
+
+    d = recommend(tree, {k: v for k, v in answers.items() if v is not None}).as_dict()
+    data = {**d, "facts": facts or {}, **(extra_data or {})}
+    out(as_json, data, render.decision_text(d, facts) + extra)
+
+
+def register(app: typer.Typer, user_errors, out) -> None:
+    @app.command()
+    @user_errors
+    def framework(
+        use: Annotated[str | None, Opt(help="experiment | local | production")] = None,
+        packaging: Annotated[str | None, Opt(help="app | library (local use)")] = None,
+        hardware_vendor: Annotated[str | None, Opt(help="nvidia | amd | cpu")] = None,
+        latency: Annotated[str | None, Opt(help="lowest | standard")] = None,
+        ops_complexity: Annotated[str | None, Opt(help="low | high")] = None,
+        multi_model: Annotated[str | None, Opt(help="yes | no")] = None,
+        concurrency: Annotated[str | None, Opt(help="low | high")] = None,
+        hf_integration: Annotated[str | None, Opt(help="required | not_needed")] = None,
+        matrix: Annotated[bool, Opt(help="Print the framework feature matrix.")] = False,
+        as_json: Annotated[bool, Opt("--json")] = False,
+    ):
+        """Which serving framework, and why (plus the feature matrix with --matrix)."""
+        from workbench.plan.frameworks import feature_matrix
+
+        rows = feature_matrix()
+        if use is None and matrix:
+            out(as_json, {"feature_matrix": rows}, render.rows_table(rows, "feature matrix:"))
+            return
+        answers = dict(use=use, packaging=packaging, hardware_vendor=hardware_vendor,
+                       latency=latency, ops_complexity=ops_complexity, multi_model=multi_model,
+                       concurrency=concurrency, hf_integration=hf_integration)
+        extra = "\n\n" + render.rows_table(rows, "feature matrix:") if matrix else ""
+        _show(out, as_json, "framework", answers, extra=extra,
+              extra_data={"feature_matrix": rows} if matrix else None)
+
+    @app.command()
+    @user_errors
+    def quantization(
+        model: Annotated[str, Opt(help="Catalog model, preset or checkpoint dir.")] = "llama-2-7b",
+        gpu: Annotated[str, Opt(help="Hardware catalog entry.")] = "h100-sxm",
+        gpus: Annotated[int, Opt(help="GPUs (tensor parallel) available.")] = 1,
+        context: Annotated[int, Opt(help="Tokens per sequence.")] = 4096,
+        concurrency: Annotated[int, Opt(help="Sequences that must fit at once.")] = 1,
+        quality: Annotated[str, Opt(help="strict | tolerant")] = "tolerant",
+        as_json: Annotated[bool, Opt("--json")] = False,
+    ):
+        """Which precision fits the memory budget, hardware and quality tolerance."""
+        from workbench.plan.hardware import get_hardware
+        from workbench.plan.models_catalog import get_model
+        from workbench.plan.trees.answers import quantization_answers
+
+        answers, facts = quantization_answers(get_model(model), get_hardware(gpu), context,
+                                              concurrency, quality, gpus)
+        _show(out, as_json, "quantization", answers, facts)
+
+    @app.command()
+    @user_errors
+    def parallelism(
+        model: Annotated[str, Opt(help="Catalog model, preset or checkpoint dir.")] = "llama-2-70b",
+        gpu: Annotated[str, Opt(help="Hardware catalog entry.")] = "h100-sxm",
+        precision: Annotated[str, Opt(help="Weight precision.")] = "bf16",
+        context: Annotated[int, Opt(help="Tokens per sequence.")] = 4096,
+        batch: Annotated[int, Opt(help="Sequences that must fit at once.")] = 1,
+        target_tokens_per_s: Annotated[float | None, Opt(help="Decode tokens/s needed.")] = None,
+        target_tpot_ms: Annotated[float | None, Opt(help="Time per output token target.")
+                                  ] = None,
+        as_json: Annotated[bool, Opt("--json")] = False,
+    ):
+        """Single GPU, tensor, pipeline or data parallel, from model size and targets."""
+        from workbench.plan.hardware import get_hardware
+        from workbench.plan.models_catalog import get_model
+        from workbench.plan.trees.answers import parallelism_answers
+
+        tpot = None if target_tpot_ms is None else target_tpot_ms / 1e3
+        answers, facts = parallelism_answers(get_model(model), get_hardware(gpu), precision,
+                                             context, batch, target_tokens_per_s, tpot)
+        _show(out, as_json, "parallelism", answers, facts)
+
+    @app.command()
+    @user_errors
+    def caching(
+        model: Annotated[str, Opt(help="Catalog model, preset or checkpoint dir.")] = "llama-2-7b",
+        gpu: Annotated[str, Opt(help="Hardware catalog entry.")] = "h100-sxm",
+        repeat_fraction: Annotated[float, Opt(help="Share of exact repeat requests.")] = 0.0,
+        shared_prefix_fraction: Annotated[float, Opt(help="Share with a shared prefix.")] = 0.0,
+        context: Annotated[int, Opt(help="Tokens per sequence.")] = 4096,
+        concurrency: Annotated[int, Opt(help="Sequences that must fit at once.")] = 1,
+        as_json: Annotated[bool, Opt("--json")] = False,
+    ):
+        """Which cache helps this workload: response, prefix, quantized KV, sliding window."""
+        from workbench.plan.hardware import get_hardware
+        from workbench.plan.models_catalog import get_model
+        from workbench.plan.trees.answers import caching_answers
+
+        answers, facts = caching_answers(get_model(model), get_hardware(gpu), repeat_fraction,
+                                         shared_prefix_fraction, context, concurrency)
+        _show(out, as_json, "caching", answers, facts)

@@ -1,0 +1,81 @@
+"""Turn numbers (model, GPU, targets, workload shape) into the trees' categorical answers.
+
+The trees stay pure data; these functions are where memory and roofline results enter them,
+and they return the facts they used so a report can show them next to the path.
+"""
+
+from __future__ import annotations
+
+from workbench.plan.budget import DEFAULT_RESERVE, max_concurrent_seqs, min_gpus
+from workbench.plan.hardware import Hardware
+from workbench.plan.models_catalog import ModelArch
+from workbench.plan.names import check_non_negative, check_positive
+from workbench.plan.roofline import DEFAULT_EFFICIENCY, Efficiency, decode_step
+
+GPUS_PER_NODE = 8          # HGX / DGX nodes carry 8 GPUs
+REPEAT_THRESHOLD = 0.10    # a response cache pays off once ~1 in 10 requests repeats
+SHARED_PREFIX_THRESHOLD = 0.30
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def quantization_answers(m: ModelArch, hw: Hardware, context: int = 4096, concurrency: int = 1,
+                         quality: str = "tolerant", gpus: int = 1,
+                         reserve_fraction: float = DEFAULT_RESERVE) -> tuple[dict, dict]:
+    """fits_at = the highest precision at which `concurrency` sequences of `context` fit."""
+    check_positive(context=context, concurrency=concurrency, gpus=gpus)
+    fits = {p: max_concurrent_seqs(m, hw, p, context, "auto", gpus, reserve_fraction)
+            for p in ("bf16", "int8", "int4")}
+    fits_at = next((p for p, n in fits.items() if n >= concurrency), "none")
+    answers = {"hardware": "cpu_or_edge" if hw.vendor == "cpu" else "gpu",
+               "fits_at": fits_at, "quality": quality,
+               "fp8_hardware": _yes(bool(hw.peak_tflops.get("fp8")))}
+    facts = {f"max_seqs_{p}": n for p, n in fits.items()}
+    if fits_at == "none":
+        facts["gpus_needed_int4"] = min_gpus(m, hw, "int4", context, "auto", reserve_fraction)
+    return answers, facts
+
+
+def parallelism_answers(m: ModelArch, hw: Hardware, precision: str = "bf16",
+                        context: int = 4096, batch: int = 1,
+                        target_tokens_per_s: float | None = None,
+                        target_tpot_s: float | None = None,
+                        efficiency: Efficiency = DEFAULT_EFFICIENCY,
+                        reserve_fraction: float = DEFAULT_RESERVE) -> tuple[dict, dict]:
+    """Fit from the memory model; load and latency from the roofline with `efficiency`."""
+    check_positive(context=context, batch=batch)
+    check_non_negative(target_tokens_per_s=target_tokens_per_s, target_tpot_s=target_tpot_s)
+    need = min_gpus(m, hw, precision, context, "auto", reserve_fraction)
+    seqs = max_concurrent_seqs(m, hw, precision, context, "auto", 1, reserve_fraction)
+    fits_one = seqs >= batch
+    facts: dict = {"gpus_needed": need, "max_seqs_one_gpu": seqs}
+    answers = {"fits_one_gpu": _yes(fits_one),
+               "fits_one_node": _yes(need is not None and need <= GPUS_PER_NODE),
+               "interconnect": "nvlink" if hw.interconnect == "nvlink" else "pcie"}
+    if fits_one:
+        full = decode_step(m, hw, max(seqs, 1), context, precision, efficiency=efficiency)
+        one = decode_step(m, hw, 1, context, precision, efficiency=efficiency)
+        facts |= {"tokens_per_s_one_gpu": full.tokens_per_s, "tpot_s_batch1": one.time_s}
+        answers["load_fits_one_gpu"] = _yes(target_tokens_per_s is None
+                                            or full.tokens_per_s >= target_tokens_per_s)
+        answers["latency_met_one_gpu"] = _yes(target_tpot_s is None
+                                              or one.time_s <= target_tpot_s)
+    return answers, facts
+
+
+def caching_answers(m: ModelArch, hw: Hardware, repeat_fraction: float = 0.0,
+                    shared_prefix_fraction: float = 0.0, context: int = 4096,
+                    concurrency: int = 1, precision: str = "bf16") -> tuple[dict, dict]:
+    """Workload shape -> answers: repeats, shared prefixes, whether KV caps the batch."""
+    for name, value in (("repeat_fraction", repeat_fraction),
+                        ("shared_prefix_fraction", shared_prefix_fraction)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name}: must be in [0, 1], got {value}")
+    seqs = max_concurrent_seqs(m, hw, precision, context)
+    answers = {"repeated_requests": _yes(repeat_fraction >= REPEAT_THRESHOLD),
+               "shared_prefix": _yes(shared_prefix_fraction >= SHARED_PREFIX_THRESHOLD),
+               "kv_memory_bound": _yes(seqs < concurrency),
+               "sliding_window_model": _yes(m.sliding_window is not None)}
+    return answers, {"max_seqs": seqs}
