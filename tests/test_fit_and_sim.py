@@ -196,6 +196,13 @@ def test_plan_capacity_cli(tmp_path):
     res = CliRunner().invoke(app, ["plan", "capacity", str(f), "--fit", str(tmp_path / "f.json"),
                                    "--lb", "nearest"])
     assert res.exit_code == 2 and "error: lb: must be one of" in res.output
+    res = CliRunner().invoke(app, ["plan", "capacity", str(f), "--hardware", "h100-sxm,a10g",
+                                   "--model", "llama-3-8b", "--calibrate", str(tmp_path / "f.json"),
+                                   "--set", "num_requests=100", "--max-replicas", "8"])
+    assert res.exit_code == 0, res.output
+    assert "calibrated on this machine" in res.output and "h100-sxm" in res.output
+    res = CliRunner().invoke(app, ["plan", "capacity", str(f)])
+    assert res.exit_code == 2 and "error: fit: give either" in res.output
 
 
 def test_tensor_parallel_scaling_by_hand():
@@ -221,3 +228,46 @@ def test_tensor_parallel_scaling_by_hand():
     sim = Simulator(ParallelStepModel(base, 2, 1, link), {"max_num_seqs": 4})
     res = sim.run([RequestSpec(0, 0.0, list(range(3, 13)), 3)])
     assert len(res.records) == 1
+
+
+def test_roofline_step_model_matches_the_planning_roofline():
+    from types import SimpleNamespace
+
+    from workbench.plan import PEAK, decode_step, get_hardware, get_model, prefill_step
+    from workbench.sim.roofline_model import RooflineStepModel
+
+    arch, h100 = get_model("llama-2-7b"), get_hardware("h100-sxm")
+    model = RooflineStepModel(arch, h100, "bf16", efficiency=PEAK)
+    one = SimpleNamespace(num_prefill_tokens=0, prefill_attention=0, num_prefill_seqs=0,
+                          num_decode_seqs=1, decode_context=1024, decode_max_context=1024)
+    expected = decode_step(arch, h100, 1, 1024, "bf16", efficiency=PEAK).time_s
+    assert model.predict_record(one) == pytest.approx(expected, rel=0.01)
+    assert 0.0039 < model.predict_record(one) < 0.0045  # ~4 ms: 13.5 GB at 3.35 TB/s + KV
+    fill = SimpleNamespace(num_prefill_tokens=2048, prefill_attention=2048 * 2049 // 2,
+                           num_prefill_seqs=1, num_decode_seqs=0, decode_context=0,
+                           decode_max_context=0)
+    expected = prefill_step(arch, h100, 2048, 1, "bf16", efficiency=PEAK).time_s
+    assert model.predict_record(fill) == pytest.approx(expected, rel=0.02)
+
+
+def test_cheapest_configuration_across_hardware():
+    from workbench.plan import get_hardware, get_model
+    from workbench.sim.capacity import cheapest_configuration
+    from workbench.traffic.scenario import parse_scenario
+
+    sc = parse_scenario({
+        "name": "h", "seed": 0, "arrival": {"kind": "poisson", "rate": 10.0},
+        "target": {"kind": "engine", "model": "tiny", "engine": {"max_num_seqs": 64}},
+        "prompt_tokens": {"dist": "uniform", "low": 100, "high": 400},
+        "output_tokens": {"dist": "uniform", "low": 20, "high": 100}, "num_requests": 150,
+        "slo": {"ttft_s": 1.0, "tpot_s": 0.06, "percentile": 90}})
+    gpus = [get_hardware(n) for n in ("l4", "h100-sxm", "a100-80gb")]
+    rows = cheapest_configuration(sc, get_model("llama-3-8b"), gpus, max_replicas=8)
+    costs = [r["cost_per_hour"] for r in rows if r["replicas"]]
+    assert costs == sorted(costs) and len(costs) >= 2
+    for r in rows:
+        if r["replicas"]:
+            assert r["cost_per_hour"] == pytest.approx(
+                r["replicas"] * r["price_per_gpu_hour"])
+    big = cheapest_configuration(sc, get_model("llama-2-70b"), [get_hardware("l4")])
+    assert big[0]["replicas"] is None and "L4" in big[0]["why"].upper()

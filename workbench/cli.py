@@ -223,7 +223,18 @@ def simulate(
 @user_errors
 def capacity(
     scenario: Annotated[str, typer.Argument(help="Scenario YAML file (its SLOs are the goal).")],
-    fit_file: Annotated[str, typer.Option("--fit", help="Fit file from `workbench fit`.")],
+    fit_file: Annotated[str | None, typer.Option(
+        "--fit", help="Fit file: simulate the measured engine.")] = None,
+    hardware: Annotated[str | None, typer.Option(
+        help="Comma-separated catalog GPUs: roofline extrapolation, cheapest first.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="With --hardware: catalog model, preset or config dir to plan for.")] = None,
+    precision: str = "bf16",
+    tp: Annotated[int, typer.Option(help="With --hardware: GPUs per replica (tensor parallel).")]
+    = 1,
+    calibrate: Annotated[str | None, typer.Option(
+        help="With --hardware: a fit from this machine whose measured efficiency replaces the "
+             "published defaults.")] = None,
     rate: Annotated[float | None, typer.Option(help="Target rate (default: the scenario's).")]
     = None,
     lb: str = "least-outstanding",
@@ -232,34 +243,77 @@ def capacity(
     allow_mismatch: bool = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
-    """Fewest replicas meeting the scenario's SLOs at the rate, and what one replica sustains."""
+    """Fewest replicas meeting the scenario's SLOs: on the measured engine (--fit), or across
+    hardware candidates with the roofline (--hardware, an extrapolation), cheapest first."""
     import json
     from dataclasses import asdict
 
+    from workbench.traffic import load_scenario
+
+    sc = load_scenario(scenario, (set_ or []) + ([f"arrival.rate={rate}"] if rate else []))
+    if (fit_file is None) == (hardware is None):
+        raise ValueError("fit: give either --fit FIT.json or --hardware GPU[,GPU...]")
+    goal = ", ".join(f"{k} p{sc.slo.percentile:g} <= {v * 1e3:g} ms" for k, v in sc.slos.items())
+    if hardware is not None:
+        _capacity_by_hardware(sc, hardware, model, precision, tp, calibrate, lb, max_replicas,
+                              json_out, goal)
+        return
     from workbench.fit import load_fit
     from workbench.sim.capacity import max_rate, min_replicas
     from workbench.sim.simulator import check_fit_matches
-    from workbench.traffic import load_scenario
 
-    sc = load_scenario(scenario, set_ or [])
     fit = load_fit(fit_file)
     check_fit_matches(fit, sc.target, allow_mismatch, log=lambda m: typer.echo(m, err=True))
-    n, tried = min_replicas(sc, fit, lb, max_replicas, rate)
-    one, curve = max_rate(sc, fit, 1, lb, start=max(0.1, (rate or sc.arrival.rate) / 4))
-    result = {"replicas": n, "rate": rate or sc.arrival.rate, "lb": lb,
-              "slo": sc.slos, "percentile": sc.slo.percentile,
-              "max_rate_one_replica": one, "evaluations": [asdict(e) for e in tried],
+    target_rate = getattr(sc.arrival, "rate", None)
+    n, tried = min_replicas(sc, fit, lb, max_replicas)
+    one, curve = max_rate(sc, fit, 1, lb, start=max(0.1, (target_rate or 4.0) / 4))
+    result = {"replicas": n, "rate": target_rate, "lb": lb, "slo": sc.slos,
+              "percentile": sc.slo.percentile, "max_rate_one_replica": one,
+              "evaluations": [asdict(e) for e in tried],
               "goodput_curve": [asdict(e) for e in curve]}
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
-    goal = ", ".join(f"{k} p{sc.slo.percentile:g} <= {v * 1e3:g} ms" for k, v in sc.slos.items())
-    typer.echo(f"goal: {goal} at {result['rate']:g} req/s ({lb})")
+    typer.echo(f"goal: {goal} at {target_rate:g} req/s ({lb})")
     for e in tried:
         got = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in e.percentiles.items())
         typer.echo(f"  {e.replicas:3d} replicas: {'meets' if e.met else 'misses'} ({got})")
     typer.echo(f"replicas needed: {n if n is not None else f'more than {max_replicas}'}")
     typer.echo(f"one replica sustains about {one:.2f} req/s within the SLOs")
+
+
+def _capacity_by_hardware(sc, hardware, model, precision, tp, calibrate, lb, max_replicas,
+                          json_out, goal) -> None:
+    import json
+
+    from workbench.plan import get_hardware, get_model
+    from workbench.sim.capacity import cheapest_configuration
+
+    if model is None:
+        raise ValueError("model: --hardware needs --model (e.g. llama-3-8b)")
+    efficiency = None
+    if calibrate:
+        from workbench.fit import load_fit
+        from workbench.sim.roofline_model import calibrated_efficiency
+
+        fit = load_fit(calibrate)
+        efficiency = calibrated_efficiency(fit, get_hardware("cpu-local"),
+                                           get_model(fit.model["name"]),
+                                           fit.engine.get("dtype", "float32"))
+    gpus = [get_hardware(h.strip()) for h in hardware.split(",") if h.strip()]
+    rows = cheapest_configuration(sc, get_model(model), gpus, precision, tp, lb, max_replicas,
+                                  efficiency)
+    if json_out:
+        typer.echo(json.dumps({"goal": goal, "rows": rows}, indent=2, default=str))
+        return
+    typer.echo(f"goal: {goal} at {sc.arrival.rate:g} req/s; {model} {precision}, tp={tp}; "
+               "roofline extrapolation" + (" calibrated on this machine" if calibrate else ""))
+    for r in rows:
+        if r["replicas"] is None:
+            typer.echo(f"  {r['hardware']:>10}: -  ({r['why'].splitlines()[0]})")
+        else:
+            typer.echo(f"  {r['hardware']:>10}: {r['replicas']} replicas x {tp} GPU, "
+                       f"${r['cost_per_hour']:.2f}/h, ${r['cost_per_month']:,.0f}/month")
 
 
 @models_app.command("list")

@@ -15,6 +15,8 @@ from workbench.sim.simulator import simulate_requests
 from workbench.traffic.metrics import meets_slos
 from workbench.traffic.sweep import with_rate
 
+HOURS_PER_MONTH = 730
+
 
 @dataclass(slots=True)
 class Evaluation:
@@ -103,3 +105,38 @@ def max_rate(scenario, fit, replicas: int = 1, lb: str = "least-outstanding",
         else:
             hi = mid
     return lo, sorted(curve, key=lambda e: e.rate)
+
+
+def cheapest_configuration(scenario, arch, hardware: list, precision: str = "bf16",
+                           tp: int = 1, lb: str = "least-outstanding", max_replicas: int = 64,
+                           efficiency=None, step_overhead_s: float = 0.002) -> list[dict]:
+    """For each hardware candidate: a roofline step model (an extrapolation), the fewest
+    replicas meeting the SLOs, and the hourly / monthly cost; cheapest first. Candidates the
+    model does not fit on come back with the reason instead of a count."""
+    from workbench.plan.budget import ModelDoesNotFitError
+    from workbench.plan.cost import cost_from_simulation
+    from workbench.plan.roofline import DEFAULT_EFFICIENCY
+    from workbench.sim.roofline_model import RooflineStepModel
+
+    rows = []
+    for hw in hardware:
+        row = {"hardware": hw.name, "precision": precision, "tp": tp,
+               "price_per_gpu_hour": hw.price_per_hour}
+        try:
+            model = RooflineStepModel(arch, hw, precision, tp=tp,
+                                      efficiency=efficiency or DEFAULT_EFFICIENCY,
+                                      step_overhead_s=step_overhead_s)
+        except ModelDoesNotFitError as e:
+            rows.append(row | {"replicas": None, "why": str(e)})
+            continue
+        n, tried = min_replicas(scenario, model, lb, max_replicas)
+        row["replicas"] = n
+        if n is None:
+            row["why"] = f"SLOs missed even with {max_replicas} replicas"
+        else:
+            hourly = cost_from_simulation(n, tp, 1.0, hw.price_per_hour)
+            row |= {"cost_per_hour": hourly, "cost_per_month": hourly * HOURS_PER_MONTH,
+                    "percentiles": tried[[e.replicas for e in tried].index(n)].percentiles}
+        rows.append(row)
+    return sorted(rows, key=lambda r: r.get("cost_per_hour", float("inf")))
+

@@ -27,8 +27,11 @@ def pool_blocks(cfg: EngineConfig, model: dict) -> int:
     records the pool it saw as `num_kv_blocks` and that wins when the scenario sets nothing."""
     if cfg.num_kv_blocks is not None:
         return cfg.num_kv_blocks
+    per_block = cfg.block_size * model["kv_bytes_per_token"]
     if cfg.kv_cache_memory is not None:
-        return max(1, cfg.kv_cache_memory // (cfg.block_size * model["kv_bytes_per_token"]))
+        return max(1, cfg.kv_cache_memory // per_block)
+    if model.get("kv_pool_bytes"):  # a roofline model: the GPU memory left after weights
+        return max(1, model["kv_pool_bytes"] // per_block)
     max_len = cfg.max_model_len or model["max_model_len"]
     return cfg.max_num_seqs * -(-max_len // cfg.block_size)
 
