@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from workbench.engine import SamplingParams
-from workbench.server.worker import EngineWorker
+from workbench.server.worker import EngineFailure, EngineWorker
 
 
 class CompletionRequest(BaseModel):
@@ -101,8 +101,12 @@ def create_app(engine, model_name: str) -> FastAPI:
             try:
                 while out is None or not out.finished:
                     out = await sink.get()
+                    if isinstance(out, EngineFailure):
+                        return JSONResponse(status_code=500, content={"error": {
+                            "message": f"engine failure: {out.message}",
+                            "type": "server_error", "param": None, "code": None}})
             finally:
-                if out is None or not out.finished:
+                if out is None or isinstance(out, EngineFailure) or not out.finished:
                     worker.abort(rid)
             return {"id": rid, "object": "text_completion", "created": created,
                     "model": model_name,
@@ -117,13 +121,18 @@ def create_app(engine, model_name: str) -> FastAPI:
             try:
                 while out is None or not out.finished:
                     out = await sink.get()
+                    if isinstance(out, EngineFailure):  # headers are sent: report in-stream
+                        err = {"error": {"message": f"engine failure: {out.message}",
+                                         "type": "server_error"}}
+                        yield f"data: {json.dumps(err)}\n\n"
+                        return
                     yield chunk(out.new_text, out.finish_reason if out.finished else None)
                 if include_usage:
                     yield chunk("", None, usage_of(out))
                 yield "data: [DONE]\n\n"
             finally:
-                if out is None or not out.finished:  # client went away: free the slot
-                    worker.abort(rid)
+                if out is None or isinstance(out, EngineFailure) or not out.finished:
+                    worker.abort(rid)  # client went away (or the step failed): free the slot
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

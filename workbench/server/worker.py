@@ -13,6 +13,13 @@ from dataclasses import dataclass
 
 
 @dataclass(slots=True)
+class EngineFailure:
+    """Delivered instead of an output when the engine's step raised: a server fault (500)."""
+
+    message: str
+
+
+@dataclass(slots=True)
 class _Submit:
     request_id: str
     prompt: object
@@ -65,8 +72,20 @@ class EngineWorker:
             except queue.Empty:
                 pass
             if eng.has_unfinished():
-                for out in eng.step():
+                try:
+                    outs = eng.step()
+                except Exception as e:  # noqa: BLE001 - a failed step must not hang clients
+                    self._fail_all(e)
+                    continue
+                for out in outs:
                     self._deliver(out)
+
+    def _fail_all(self, error: Exception) -> None:
+        """Abort everything in flight and hand each waiting client the error."""
+        for request_id, (sink, loop) in list(self._sinks.items()):
+            self.engine.abort(request_id)
+            loop.call_soon_threadsafe(sink.put_nowait, EngineFailure(str(error)))
+        self._sinks.clear()
 
     def _handle(self, item) -> None:
         if item is None:
