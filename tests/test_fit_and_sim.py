@@ -120,8 +120,12 @@ def test_profile_fit_simulate_end_to_end(tmp_path, tiny_path):
     prof = load_run(res.output.strip().splitlines()[-1])
     assert prof.manifest["kind"] == "profile" and len(prof.steps) > 50
     assert {"prefill_attention", "decode_max_context"} <= set(prof.steps.columns)
+    mem = prof.manifest["memory"]
+    assert mem["weight_bytes"] > 0 and mem["activation_bytes_per_token"] > 0
+    assert set(mem["activation_peak_model"]) == {"256"}  # max_num_batched_tokens=256
     res = runner.invoke(app, ["fit", str(prof.path), "-o", str(tmp_path / "f.json")])
     assert res.exit_code == 0 and "held-out" in res.output, res.output
+    assert load_fit(tmp_path / "f.json").model["memory"] == mem
     f = tmp_path / "s.yaml"
     f.write_text(f"name: s\ntarget: {{kind: engine, model: {tiny_path}}}\n"
                  "arrival: {kind: poisson, rate: 5}\nprompt_tokens: {dist: fixed, value: 30}\n"

@@ -11,7 +11,7 @@ from workbench.traffic.runs import load_run
 
 
 def fit_from_runs(run_dirs: list[str | Path], seed: int = 0) -> StepTimeModel:
-    frames, target, hardware = [], None, None
+    frames, target, hardware, memory = [], None, None, None
     for d in run_dirs:
         run = load_run(d)
         if run.steps is None or run.steps.empty:
@@ -26,6 +26,7 @@ def fit_from_runs(run_dirs: list[str | Path], seed: int = 0) -> StepTimeModel:
                              "and precision at a time")
         target = target or t
         hardware = hardware or run.manifest.get("hardware")
+        memory = memory or run.manifest.get("memory")
         frames.append(run.steps)
     if not frames:
         raise ValueError("runs: give at least one run directory")
@@ -33,6 +34,8 @@ def fit_from_runs(run_dirs: list[str | Path], seed: int = 0) -> StepTimeModel:
                                         "weight_bytes", "kv_bytes_per_token", "max_model_len",
                                         "vocab_size", "eos_token_ids", "num_kv_blocks")}
     model["name"] = target["model"]
+    if memory:
+        model["memory"] = memory
     engine = {"dtype": target["dtype"], "device": target["device"],
               "block_size": target["engine_config"]["block_size"], "kv_cache_dtype": "auto",
               "quantization": "none"}

@@ -76,6 +76,7 @@ def profile_model(model: str, engine_config: dict | None = None, out="runs",
     started = dt.datetime.now(dt.UTC).isoformat()
     run_profile(engine, seed=seed, progress=bar)
     bar.close()
+    memory = _memory_section(engine)  # after the timed steps: it retunes the allocator
     steps = telemetry_frame(engine)
     t0 = steps["t_start"].min()
     steps[["t_start", "t_end"]] -= t0
@@ -84,5 +85,25 @@ def profile_model(model: str, engine_config: dict | None = None, out="runs",
     run_id = new_run_id(f"profile-{Path(str(model)).name}")
     manifest = {"run_id": run_id, "kind": "profile", "started": started, "hardware": hardware,
                 "target": describe_engine(engine, model), "num_cases": len(plan),
+                "memory": memory,
                 **environment()}
     return write_run(out, run_id, requests_frame([]), steps, manifest)
+
+
+def _memory_section(engine) -> dict:
+    """Analytic memory model of this engine, and the activation peaks measured beside it."""
+    from workbench.fit.memory_model import activation_peak_bytes, measure_step_peak
+
+    cfg = engine.model_config
+    width = engine.kv_caches[0][0].element_size()
+    sizes = [t for t in (256, 1024, 2048) if t <= engine.config.max_num_batched_tokens
+             and t < engine.max_model_len]
+    return {
+        "weight_bytes": engine.model.weight_bytes(),
+        "kv_bytes_per_token": cfg.kv_bytes_per_token(width),
+        "activation_bytes_per_token": activation_peak_bytes(
+            cfg.hidden_size, cfg.intermediate_size, 1, width),
+        "activation_peak_measured": {str(t): measure_step_peak(engine, t) for t in sizes},
+        "activation_peak_model": {str(t): activation_peak_bytes(
+            cfg.hidden_size, cfg.intermediate_size, t, width, 1, cfg.vocab_size) for t in sizes},
+    }

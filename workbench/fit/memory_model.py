@@ -1,0 +1,63 @@
+"""Memory model of the engine: weights, KV cache and the activation peak of one step.
+
+Weights and K/V bytes come from the planning calculators (which equal the engine's allocations).
+The activation peak is the MLP's working set, the largest moment of a layer: per batched token
+the residual stream, the normed input and the MLP output (3 x hidden) plus the fused gate/up
+projection and the two intermediate tensors built from it (4 x intermediate), at the
+activation dtype's width; plus fp32 logits for the rows that sample.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import sys
+from pathlib import Path
+
+
+def activation_peak_bytes(hidden_size: int, intermediate_size: int, batched_tokens: int,
+                          dtype_bytes: int, sampled_rows: int = 0, vocab_size: int = 0) -> int:
+    per_token = (3 * hidden_size + 4 * intermediate_size) * dtype_bytes
+    return batched_tokens * per_token + sampled_rows * vocab_size * 4
+
+
+def _status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def can_measure() -> bool:
+    return sys.platform.startswith("linux") and Path("/proc/self/clear_refs").exists()
+
+
+def measure_step_peak(engine, batched_tokens: int, repeats: int = 3) -> int | None:
+    """Peak memory above the resting state during one prefill step of `batched_tokens` tokens,
+    on CPU: reset the process's high-water mark (/proc/self/clear_refs), run the step, read
+    VmHWM. Large blocks are mmapped (glibc M_MMAP_THRESHOLD fixed at 64 KiB) so that memory
+    freed by one step is returned and the next step's peak shows. None where not measurable."""
+    if engine.device.type != "cpu" or not can_measure():
+        return None
+    from workbench.engine.sampling_params import SamplingParams
+    from workbench.engine.scheduler import ScheduledSeq
+    from workbench.engine.sequence import Sequence
+
+    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    vocab = engine.model_config.vocab_size
+    ids = [3 + i % (vocab - 3) for i in range(batched_tokens)]
+    seq = Sequence("memory-probe", ids, len(ids), SamplingParams(max_tokens=1), 0.0)
+    engine.block_manager.allocate(seq, len(ids))
+    step = [ScheduledSeq(seq, len(ids), True, False)]
+    try:
+        engine.runner.execute(step)  # warm: first-touch allocations are not the step's
+        peaks = []
+        for _ in range(repeats):
+            gc.collect()
+            before = _status_bytes("VmRSS")
+            Path("/proc/self/clear_refs").write_text("5")
+            engine.runner.execute(step)
+            peaks.append(_status_bytes("VmHWM") - before)
+    finally:
+        engine.block_manager.free(seq)
+    return min(peaks)
