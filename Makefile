@@ -6,8 +6,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: demo test lint bench setup clean
+.PHONY: demo test lint bench lab setup browser clean
 
 setup: $(STAMP)
 
@@ -18,18 +19,32 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The design review for the default scenario on the embedded model.
 demo: $(STAMP)
-	$(BIN)/workbench models build tiny small
-	$(BIN)/workbench bench --model small --out runs/bench
+	$(BIN)/workbench models build tiny
+	$(BIN)/workbench report scenarios/chat.yaml --out reports
+	@echo "open reports/chat.html (measured runs are under reports/runs/)"
 
-test: $(STAMP)
+# Headless Chromium for the report-rendering test (Debian's package; needs root to install).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	      >/dev/null) || echo "could not install chromium: the rendering test will be skipped"; \
+	  else echo "chromium missing and not root: the rendering test will be skipped"; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	WORKBENCH_CACHE=$(CURDIR)/.cache $(BIN)/python -m pytest
+	WORKBENCH_CACHE=$(CURDIR)/.cache WORKBENCH_SMOKE=1 $(BIN)/python -m pytest $(NBVAL) notebooks/
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generation.py --repeats 3
 	$(BIN)/python benchmarks/bench_driver_lateness.py
 	$(BIN)/python benchmarks/bench_sim_fidelity.py
 
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
 clean:
-	rm -rf $(VENV) runs fits .pytest_cache
+	rm -rf $(VENV) runs fits .cache .pytest_cache reports/*.html reports/*.ipynb reports/runs

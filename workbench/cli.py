@@ -316,6 +316,22 @@ def _capacity_by_hardware(sc, hardware, model, precision, tp, calibrate, lb, max
                        f"${r['cost_per_hour']:.2f}/h, ${r['cost_per_month']:,.0f}/month")
 
 
+@app.command()
+@user_errors
+def report(
+    scenarios: Annotated[list[str], typer.Argument(help="Scenario YAML files.")],
+    smoke: Annotated[bool, typer.Option(help="CI-sized run (fewer requests, small search).")]
+    = False,
+    out: Annotated[str, typer.Option(help="Directory for <scenario>.html.")] = "reports",
+    timeout: Annotated[int, typer.Option(help="Seconds allowed per notebook cell.")] = 900,
+):
+    """Design-review report per scenario (papermill + nbconvert); print the HTML paths."""
+    from workbench.report import render_report
+
+    for sc in scenarios:
+        typer.echo(render_report(sc, out, smoke, timeout_s=timeout))
+
+
 @models_app.command("list")
 def models_list():
     """List the embedded presets."""

@@ -1,0 +1,59 @@
+"""Design-review reports: execute notebooks/00-design-review.ipynb with papermill per scenario
+and render self-contained HTML without code cells (plotly.js embedded, so it works offline)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+DESIGN_REVIEW = NOTEBOOKS / "00-design-review.ipynb"
+
+
+class ReportError(ValueError):
+    """A report cell failed; the message names the cell and the error."""
+
+
+def render_report(scenario: str | Path, out_dir: str | Path = "reports", smoke: bool = False,
+                  parameters: dict | None = None, timeout_s: int = 900,
+                  progress: bool = True) -> Path:
+    """Run the design review for one scenario; return reports/<scenario>.html.
+
+    The executed notebook is kept beside it (reports/<scenario>.ipynb) for inspection."""
+    import nbformat
+    import papermill as pm
+    from nbconvert import HTMLExporter
+
+    scenario = Path(scenario).resolve()
+    if not scenario.exists():
+        raise ReportError(f"scenario: {scenario} does not exist")
+    if not DESIGN_REVIEW.exists():
+        raise ReportError(f"notebook: {DESIGN_REVIEW} is missing (run from a source checkout)")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    executed = out / f"{scenario.stem}.ipynb"
+    params = {"scenario": str(scenario), "smoke": smoke, "out": str(out / "runs"),
+              **(parameters or {})}
+    previous = os.environ.get("WORKBENCH_REPORT")
+    os.environ["WORKBENCH_REPORT"] = "1"  # the kernel inherits it: plotly embeds its JS
+    try:
+        pm.execute_notebook(str(DESIGN_REVIEW), str(executed), parameters=params,
+                            kernel_name="python3", execution_timeout=timeout_s,
+                            progress_bar=progress, cwd=str(NOTEBOOKS))
+    except pm.PapermillExecutionError as e:
+        raise ReportError(f"report: cell {e.exec_count} of {DESIGN_REVIEW.name} failed for "
+                          f"{scenario.name}: {e.ename}: {e.evalue} (executed notebook kept at "
+                          f"{executed})") from None
+    finally:
+        if previous is None:
+            os.environ.pop("WORKBENCH_REPORT", None)
+        else:
+            os.environ["WORKBENCH_REPORT"] = previous
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(str(executed), as_version=4))
+    html = out / f"{scenario.stem}.html"
+    tmp = html.with_suffix(".tmp")
+    tmp.write_text(body, encoding="utf-8")
+    tmp.replace(html)
+    return html
