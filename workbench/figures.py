@@ -6,16 +6,19 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+PALETTE = ["#264653", "#e76f51", "#2a9d8f", "#e9c46a", "#8ab17d"]  # one colour per series
+
 
 def latency_cdfs(runs: dict, metrics=("ttft", "tpot", "e2e")) -> go.Figure:
     """Empirical CDFs of per-request latencies; `runs` maps a label to a requests DataFrame."""
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m.upper() for m in metrics])
     for i, m in enumerate(metrics, start=1):
-        for label, df in runs.items():
+        for k, (label, df) in enumerate(runs.items()):
             v = np.sort(df[m].dropna().to_numpy()) * 1e3
             fig.add_trace(go.Scatter(x=v, y=np.arange(1, len(v) + 1) / max(1, len(v)),
                                      name=label, legendgroup=label, showlegend=i == 1,
-                                     mode="lines"), row=1, col=i)
+                                     mode="lines", line=dict(color=PALETTE[k % len(PALETTE)])),
+                          row=1, col=i)
         fig.update_xaxes(title_text="ms", row=1, col=i)
     fig.update_yaxes(title_text="share of requests", row=1, col=1)
     fig.update_layout(height=330, margin=dict(t=40, b=40))
