@@ -88,3 +88,37 @@ def bar(labels, values, title: str, unit: str) -> go.Figure:
     fig = go.Figure(go.Bar(x=list(labels), y=list(values)))
     fig.update_layout(title=title, yaxis_title=unit, height=320, margin=dict(t=50, b=40))
     return fig
+
+
+def completion_order(runs: dict) -> go.Figure:
+    """When each request finished against how many tokens it asked for, per batching policy.
+
+    Under static batching short requests finish with the longest one of their batch (the
+    horizontal bands); under continuous batching finish time follows the request's own length.
+    `runs` maps a label to a requests DataFrame whose requests all arrived together."""
+    fig = go.Figure()
+    for k, (label, df) in enumerate(runs.items()):
+        fig.add_trace(go.Scatter(x=df["output_tokens"], y=df["finish"] - df["arrival"].min(),
+                                 mode="markers", name=label,
+                                 marker=dict(size=7, color=PALETTE[k % len(PALETTE)])))
+    fig.update_layout(title="when each request finished", xaxis_title="output tokens requested",
+                      yaxis_title="seconds after submission", height=360,
+                      margin=dict(t=50, b=40))
+    return fig
+
+
+def sweep_goodput(frame) -> go.Figure:
+    """A sweep's goodput (requests meeting every SLO, per second) against offered rate."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=frame["rate"], y=frame["request_throughput"],
+                             mode="lines+markers", name="completed req/s",
+                             line=dict(color=PALETTE[0])))
+    fig.add_trace(go.Scatter(x=frame["rate"], y=frame["goodput"], mode="lines+markers",
+                             name="goodput (meets SLOs)", line=dict(color=PALETTE[2])))
+    saturated = frame[frame["saturated"]]
+    fig.add_trace(go.Scatter(x=saturated["rate"], y=saturated["request_throughput"],
+                             mode="markers", name="saturated",
+                             marker=dict(symbol="x", size=12, color=PALETTE[1])))
+    fig.update_layout(title="throughput and goodput vs offered rate", xaxis_title="offered req/s",
+                      yaxis_title="req/s", height=340, margin=dict(t=50, b=40))
+    return fig
