@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.plan.budget import min_gpus
+from workbench.plan.budget import max_concurrent_seqs, min_gpus
 from workbench.plan.frameworks import FEATURES, FRAMEWORKS, SUPPORT_VALUES, feature_matrix
 from workbench.plan.hardware import get_hardware
 from workbench.plan.models_catalog import get_model
@@ -89,6 +89,14 @@ def test_quantization_answers_from_memory():
     d = evaluate(TREES["quantization"], a)
     assert a["fits_at"] == "none" and "Add GPUs" in d.recommendation
     assert facts["gpus_needed_int4"] == min_gpus(get_model("llama-2-70b"), l4, "int4") > 1
+    # Weights fit at int4 but 32 sequences do not: more GPUs, counted for the concurrency.
+    m70 = get_model("llama-3-70b")
+    a, facts = quantization_answers(m70, h100, context=8192, concurrency=32)
+    assert a["fits_at"] == "none" and 0 < facts["max_seqs_int4"] < 32
+    n = facts["gpus_needed_int4"]
+    assert max_concurrent_seqs(m70, h100, "int4", 8192, tp=n) >= 32 > max_concurrent_seqs(
+        m70, h100, "int4", 8192, tp=n // 2)
+    assert "KV of the target concurrency" in evaluate(TREES["quantization"], a).reasons[0]
     a, _ = quantization_answers(get_model("llama-2-7b"), get_hardware("cpu-local"))
     assert a["hardware"] == "cpu_or_edge"
 

@@ -26,14 +26,16 @@ def latency_cdfs(runs: dict, metrics=("ttft", "tpot", "e2e")) -> go.Figure:
 
 
 def engine_timeline(steps, title: str = "engine timeline") -> go.Figure:
-    """Batch size, KV blocks in use and queue length over time, one point per step."""
+    """Batch size, KV blocks in use and queue length over time, one point per step.
+
+    Time counts from the first step (engine telemetry is on the engine's monotonic clock)."""
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=["sequences in the step", "KV blocks used", "waiting"])
-    t = steps["t_start"]
+    t = steps["t_start"] - steps["t_start"].min()
     fig.add_trace(go.Scatter(x=t, y=steps["num_seqs"], mode="lines", name="seqs"), 1, 1)
     fig.add_trace(go.Scatter(x=t, y=steps["kv_blocks_used"], mode="lines", name="KV"), 2, 1)
     fig.add_trace(go.Scatter(x=t, y=steps["num_waiting"], mode="lines", name="waiting"), 3, 1)
-    fig.update_xaxes(title_text="seconds", row=3, col=1)
+    fig.update_xaxes(title_text="seconds since the first step", row=3, col=1)
     fig.update_layout(height=480, showlegend=False, title=title, margin=dict(t=60, b=40))
     return fig
 

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from workbench.plan.cost import HOURS_PER_MONTH
 from workbench.sim.simulator import simulate_requests
 from workbench.traffic.metrics import meets_slos
 from workbench.traffic.sweep import with_rate
-
-HOURS_PER_MONTH = 730
 
 
 @dataclass(slots=True)

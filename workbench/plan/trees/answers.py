@@ -6,7 +6,7 @@ and they return the facts they used so a report can show them next to the path.
 
 from __future__ import annotations
 
-from workbench.plan.budget import DEFAULT_RESERVE, max_concurrent_seqs, min_gpus
+from workbench.plan.budget import DEFAULT_RESERVE, MAX_GPUS, max_concurrent_seqs, min_gpus
 from workbench.plan.hardware import Hardware
 from workbench.plan.models_catalog import ModelArch
 from workbench.plan.names import check_non_negative, check_positive
@@ -33,8 +33,10 @@ def quantization_answers(m: ModelArch, hw: Hardware, context: int = 4096, concur
                "fits_at": fits_at, "quality": quality,
                "fp8_hardware": _yes(bool(hw.peak_tflops.get("fp8")))}
     facts = {f"max_seqs_{p}": n for p, n in fits.items()}
-    if fits_at == "none":
-        facts["gpus_needed_int4"] = min_gpus(m, hw, "int4", context, "auto", reserve_fraction)
+    if fits_at == "none":  # how many GPUs hold `concurrency` sequences at int4
+        facts["gpus_needed_int4"] = next(
+            (tp for tp in range(1, MAX_GPUS + 1) if m.num_heads % tp == 0 and max_concurrent_seqs(
+                m, hw, "int4", context, "auto", tp, reserve_fraction) >= concurrency), None)
     return answers, facts
 
 

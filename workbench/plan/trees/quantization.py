@@ -61,7 +61,8 @@ TREE = Tree("quantization", Question("hardware", "Where does it run?", {
                 "tolerant": Answer("4 bits are acceptable", _int4),
             })),
             "none": Answer("not even INT4 fits", Leaf("Add GPUs: shard the model", (
-                "the weights exceed the GPU memory even at 4.25 bits per weight",
+                "the weights plus the KV of the target concurrency exceed the GPUs' memory even "
+                "at 4.25 bits per weight",
                 "tensor parallelism splits weights and KV across GPUs; `plan memory` says "
                 "how many",
             ), ("a smaller model", "a GPU with more memory"))),
