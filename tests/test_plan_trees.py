@@ -126,3 +126,10 @@ def test_caching_answers_from_workload_shape():
     assert recommend("caching", a).recommendation.startswith("Quantized KV")
     with pytest.raises(ValueError, match="repeat_fraction: must be in"):
         caching_answers(get_model("llama-2-7b"), h100, repeat_fraction=2)
+    # A 70B model on a 4-GPU replica: its KV room is the replica's, not one GPU's (none).
+    m70 = get_model("llama-2-70b")
+    one, facts1 = caching_answers(m70, h100, concurrency=16)
+    four, facts4 = caching_answers(m70, h100, concurrency=16, gpus=4)
+    assert facts1["max_seqs"] == 0 and one["kv_memory_bound"] == "yes"
+    assert facts4["max_seqs"] == max_concurrent_seqs(m70, h100, "bf16", 4096, tp=4) >= 16
+    assert four["kv_memory_bound"] == "no"

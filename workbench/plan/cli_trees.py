@@ -101,6 +101,8 @@ def register(app: typer.Typer, user_errors, out) -> None:
         shared_prefix_fraction: Annotated[float, Opt(help="Share with a shared prefix.")] = 0.0,
         context: Annotated[int, Opt(help="Tokens per sequence.")] = 4096,
         concurrency: Annotated[int, Opt(help="Sequences that must fit at once.")] = 1,
+        precision: Annotated[str, Opt(help="Weight precision.")] = "bf16",
+        gpus: Annotated[int, Opt(help="GPUs per replica (tensor parallel).")] = 1,
         as_json: Annotated[bool, Opt("--json")] = False,
     ):
         """Which cache helps this workload: response, prefix, quantized KV, sliding window."""
@@ -109,5 +111,6 @@ def register(app: typer.Typer, user_errors, out) -> None:
         from workbench.plan.trees.answers import caching_answers
 
         answers, facts = caching_answers(get_model(model), get_hardware(gpu), repeat_fraction,
-                                         shared_prefix_fraction, context, concurrency)
+                                         shared_prefix_fraction, context, concurrency,
+                                         precision, gpus)
         _show(out, as_json, "caching", answers, facts)

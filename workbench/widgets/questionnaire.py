@@ -86,7 +86,7 @@ def derived_answers(tree: str, model: str, gpu: str, precision: str = "bf16",
                                    target_tokens_per_s, tpot_s)
     if tree == "caching":
         return caching_answers(m, hw, repeat_fraction, shared_prefix_fraction, context,
-                               concurrency, precision)
+                               concurrency, precision, gpus)
     if tree == "framework":
         vendors = next(q.options for q in tree_questions(tree) if q.key == "hardware_vendor")
         known = hw.vendor in vendors

@@ -69,13 +69,16 @@ def parallelism_answers(m: ModelArch, hw: Hardware, precision: str = "bf16",
 
 def caching_answers(m: ModelArch, hw: Hardware, repeat_fraction: float = 0.0,
                     shared_prefix_fraction: float = 0.0, context: int = 4096,
-                    concurrency: int = 1, precision: str = "bf16") -> tuple[dict, dict]:
-    """Workload shape -> answers: repeats, shared prefixes, whether KV caps the batch."""
+                    concurrency: int = 1, precision: str = "bf16", gpus: int = 1
+                    ) -> tuple[dict, dict]:
+    """Workload shape -> answers: repeats, shared prefixes, whether KV caps the batch (on a
+    replica of `gpus` tensor-parallel GPUs)."""
+    check_positive(context=context, concurrency=concurrency, gpus=gpus)
     for name, value in (("repeat_fraction", repeat_fraction),
                         ("shared_prefix_fraction", shared_prefix_fraction)):
         if not 0 <= value <= 1:
             raise ValueError(f"{name}: must be in [0, 1], got {value}")
-    seqs = max_concurrent_seqs(m, hw, precision, context)
+    seqs = max_concurrent_seqs(m, hw, precision, context, "auto", gpus)
     answers = {"repeated_requests": _yes(repeat_fraction >= REPEAT_THRESHOLD),
                "shared_prefix": _yes(shared_prefix_fraction >= SHARED_PREFIX_THRESHOLD),
                "kv_memory_bound": _yes(seqs < concurrency),
