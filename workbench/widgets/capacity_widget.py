@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import inspect
-from contextlib import contextmanager
 
 import ipywidgets as widgets
 
@@ -19,6 +18,7 @@ from workbench.plan.hardware import get_hardware
 from workbench.widgets.capacity import CapacityView, capacity_view
 from workbench.widgets.capacity_figures import capacity_figures
 from workbench.widgets.capacity_whatif import tp_options
+from workbench.widgets.held_refresh import HeldRefresh
 from workbench.widgets.html import error_html, rows_html, show_in
 
 PRECISIONS = ["bf16", "fp16", "fp8", "int8", "int4", "fp32"]
@@ -73,7 +73,7 @@ def _control(name: str, value) -> widgets.ValueWidget:
     return widgets.FloatText(value=value or 0.0, **kw)
 
 
-class CapacityCalculator(widgets.VBox):
+class CapacityCalculator(HeldRefresh, widgets.VBox):
     """Change any control and the view, the table and the figures follow."""
 
     def __init__(self, **defaults):
@@ -94,7 +94,6 @@ class CapacityCalculator(widgets.VBox):
         self.explanation = widgets.HTML(layout=widgets.Layout(max_width="640px"))
         self.alternatives = widgets.HTML()
         self.plots = widgets.Output()
-        self._held = False
         columns = [widgets.VBox([widgets.HTML(f"<b>{title}</b>"),
                                  *(self.controls[n] for n in names)])
                    for title, names in GROUPS.items()]
@@ -111,16 +110,6 @@ class CapacityCalculator(widgets.VBox):
         v["tp"] = v["tp"] or None
         v["ttft_slo_ms"] = v["ttft_slo_ms"] or None
         return v
-
-    @contextmanager
-    def hold(self):
-        """Change several controls with one refresh at the end."""
-        self._held = True
-        try:
-            yield
-        finally:
-            self._held = False
-        self.refresh()
 
     def _changed(self, change) -> None:
         if self._held:

@@ -8,11 +8,11 @@ Every answer change calls questionnaire_view, the function notebook 06 also call
 from __future__ import annotations
 
 import html
-from contextlib import contextmanager
 
 import ipywidgets as widgets
 
 from workbench.plan import MODELS, TREES, hardware_catalog
+from workbench.widgets.held_refresh import HeldRefresh
 from workbench.widgets.html import error_html, rows_html, show_in
 from workbench.widgets.questionnaire import (
     default_answers,
@@ -29,7 +29,7 @@ STYLE = {"description_width": "190px"}
 FIELD_LAYOUT = widgets.Layout(width="360px")
 
 
-class TreeQuestionnaire(widgets.VBox):
+class TreeQuestionnaire(HeldRefresh, widgets.VBox):
     """One tree. Questions the current path does not ask are greyed out: they matter only
     once an earlier answer leads to them."""
 
@@ -47,7 +47,6 @@ class TreeQuestionnaire(widgets.VBox):
         self.error: str | None = None
         self.facts: dict = {}
         self.figure = None
-        self._held = False
         rows = [widgets.HBox([self.labels[q.key], self.dropdowns[q.key]]) for q in self.questions]
         super().__init__([widgets.HBox([widgets.VBox(rows), self.result]), self.plot])
         for dropdown in self.dropdowns.values():
@@ -56,16 +55,6 @@ class TreeQuestionnaire(widgets.VBox):
 
     def answers(self) -> dict[str, str]:
         return {key: d.value for key, d in self.dropdowns.items()}
-
-    @contextmanager
-    def hold(self):
-        """Set several answers with one refresh at the end."""
-        self._held = True
-        try:
-            yield
-        finally:
-            self._held = False
-        self.refresh()
 
     def set_answers(self, answers: dict, facts: dict | None = None) -> None:
         with self.hold():
