@@ -80,8 +80,9 @@ def allocation_table(prompt_tokens, output_tokens, max_tokens, max_model_len: in
 def measured_block_utilization(steps: pd.DataFrame, block_size: int) -> pd.Series:
     """Per engine step: K/V tokens the step attended over / block slots in use.
 
-    A lower bound on the paged cache's utilization: sequences preempted or waiting between
-    chunks hold blocks without appearing in the step's context."""
+    An estimate, best read as a median over steps: blocks are counted after the step, so a
+    sequence that finished in it adds context but no blocks (that step reads high), while
+    sequences holding blocks outside the step (waiting between chunks) read low."""
     used = steps["kv_blocks_used"] * block_size
     busy = used > 0
     return (steps.loc[busy, "sum_context_tokens"] / used[busy]).rename("utilization")
