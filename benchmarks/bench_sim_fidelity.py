@@ -27,7 +27,7 @@ from workbench.fit.profile import profile_model  # noqa: E402
 from workbench.sim.compare import compare_runs  # noqa: E402
 from workbench.sim.simulator import simulate_scenario  # noqa: E402
 from workbench.traffic import load_run, load_scenario  # noqa: E402
-from workbench.traffic.run import run_scenario  # noqa: E402
+from workbench.traffic.run_scenario import run_scenario  # noqa: E402
 
 # (label, scenario file, overrides): different rates, burstiness, length mixes, a shared-prefix
 # one, and one whose small KV pool forces preemption.

@@ -32,8 +32,7 @@ def tiny_engine_factory(tiny_path):
 
 @pytest.fixture(scope="session")
 def shared_traces():
-    """../shared/traces beside the checkout (present in CI and on developer machines)."""
-    path = Path(__file__).resolve().parent.parent.parent / "shared" / "traces"
-    if not path.exists():
-        pytest.skip(f"no production traces at {path}")
+    """The production traces the repository carries (scenarios/traces, CC-BY 4.0)."""
+    path = Path(__file__).resolve().parent.parent / "scenarios" / "traces"
+    assert (path / "azure-llm-2023-conv.csv").is_file(), f"traces missing from {path}"
     return path

@@ -6,10 +6,13 @@ import random
 
 import torch
 
+from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
+
 
 def random_workload(seed: int, n: int, vocab: int, prompt_range=(5, 100), output_range=(5, 40)):
     rng = random.Random(seed)
-    prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(*prompt_range))]
+    prompts = [[rng.randrange(FIRST_ORDINARY_TOKEN_ID, vocab)
+                for _ in range(rng.randint(*prompt_range))]
                for _ in range(n)]
     outputs = [rng.randint(*output_range) for _ in range(n)]
     return prompts, outputs

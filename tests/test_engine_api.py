@@ -40,6 +40,16 @@ def test_top_k_1_is_greedy(tiny_engine_factory):
     assert topk1.token_ids == greedy
 
 
+@pytest.mark.parametrize("temperature", [1e-39, 1e-30, 1e-6])
+def test_tiny_temperature_is_greedy(tiny_engine_factory, temperature):
+    # 1e-39 is a float32 denormal: logits / T overflowed to inf, softmax gave NaN, token 0 won.
+    eng = tiny_engine_factory()
+    greedy = eng.generate(["abc", "def main():"], SamplingParams(max_tokens=10, temperature=0))
+    cold = eng.generate(["abc", "def main():"],
+                        SamplingParams(max_tokens=10, temperature=temperature))
+    assert [o.token_ids for o in cold] == [o.token_ids for o in greedy]
+
+
 def test_streaming_deltas_add_up(tiny_engine_factory):
     eng = tiny_engine_factory()
     chunks = list(eng.stream("héllo wörld 🎉", SamplingParams(max_tokens=20, temperature=0)))
@@ -63,6 +73,47 @@ def test_stop_strings_and_stop_tokens(tiny_engine_factory):
                                                           stop_token_ids=[tok]))[0]
     assert by_id.finish_reason == "stop" and by_id.token_ids == base.token_ids[
         : base.token_ids.index(tok) + 1]
+
+
+def test_streamed_text_never_shows_a_stop_string_that_is_later_cut(tiny_engine_factory):
+    eng = tiny_engine_factory()
+    cases = 0
+    for prompt in ["def main():", "The quick brown fox", "import os\n"]:
+        base = eng.generate([prompt], SamplingParams(max_tokens=30, temperature=0))[0].text
+        # Stops starting at several offsets: most span two or more tokens, so their first
+        # characters arrive a step before the match completes.
+        for start in (3, 10, 18):
+            for stop in {base[start : start + 6], base[start : start + 3]}:
+                if not stop.strip() or base.index(stop) != start:
+                    continue
+                params = SamplingParams(max_tokens=30, temperature=0, stop=[stop, "@@never@@"])
+                final = eng.generate([prompt], params)[0]
+                assert final.finish_reason == "stop" and final.text == base[:start]
+                streamed = ""
+                for chunk in eng.stream(prompt, params):
+                    streamed += chunk.new_text
+                    assert final.text.startswith(streamed), (prompt, stop, streamed)
+                    assert chunk.text == streamed  # `text` is what has been streamed so far
+                assert streamed == final.text, (prompt, stop)
+                cases += 1
+    assert cases >= 8
+
+
+def test_held_back_text_is_flushed_at_the_end(tiny_engine_factory):
+    eng = tiny_engine_factory()
+    base = eng.generate(["def main():"], SamplingParams(max_tokens=12, temperature=0))[0].text
+    # Stops that start with every character of the text but never complete: the last
+    # character is always held back, until the request ends by length or by abort.
+    params = SamplingParams(max_tokens=12, temperature=0, stop=[c + "\x00" for c in set(base)])
+    chunks = list(eng.stream("def main():", params))
+    assert chunks[-1].finish_reason == "length"
+    assert "".join(c.new_text for c in chunks) == base == chunks[-1].text
+    rid = eng.add_request(None, "def main():", params)
+    streamed = "".join(o.new_text for _ in range(4) for o in eng.step() if o.request_id == rid)
+    out = eng.abort(rid)
+    assert out.new_text  # the held character
+    assert streamed + out.new_text == out.text == eng.tokenizer.decode(
+        out.token_ids, skip_special_tokens=True)
 
 
 def test_abort_frees_blocks(tiny_engine_factory):
@@ -106,6 +157,40 @@ def test_static_baseline_same_tokens_and_head_of_line_blocking(tiny_engine_facto
     finishes = [o.metrics.finish for o in static]
     assert len(set(finishes[:4])) == 1 and len(set(finishes[4:])) == 1  # batches return whole
     assert min(finishes[4:]) > max(finishes[:4])
+
+
+def test_static_padding_stops_at_max_model_len(tiny_path):
+    # The 50-token prompt finishes after 4 tokens but keeps computing padding while its
+    # batch-mate runs 40 steps: 50 + 40 positions exceed max_model_len (64, the RoPE table).
+    from workbench.engine import EngineConfig, LLMEngine
+
+    eng = LLMEngine.from_pretrained(tiny_path, EngineConfig(dtype="float32", device="cpu",
+                                                            max_model_len=64))
+    prompts = [list(range(100, 150)), list(range(200, 205))]
+    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (4, 40)]
+    static = StaticBatcher(eng, batch_size=2).generate(prompts, params)
+    assert [o.token_ids for o in static] == [o.token_ids for o in eng.generate(prompts, params)]
+    assert [len(o.token_ids) for o in static] == [4, 40]
+
+
+def test_continuous_batching_needs_fewer_steps_than_static(tiny_engine_factory):
+    # Each static batch of 4 runs as long as its longest member (64 tokens) while three slots
+    # idle after 4; continuous batching refills those slots. Counted in model steps (a
+    # virtual measure), not wall time.
+    eng = tiny_engine_factory(max_num_seqs=4)
+    prompts, _ = random_workload(9, 8, 4096, prompt_range=(8, 24))
+    outputs = [64, 4, 4, 4, 4, 4, 4, 64]
+    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in outputs]
+    cont = eng.generate(prompts, params)
+    batcher = StaticBatcher(eng, batch_size=4)
+    static = batcher.generate(prompts, params)
+    assert [o.token_ids for o in static] == [o.token_ids for o in cont]
+    assert batcher.num_steps == 64 + 64  # two batches, each as long as its longest member
+    useful = sum(outputs)
+    cont_steps = len(eng.telemetry)
+    # The last long request starts once two rounds of short ones (4 steps each) are done.
+    assert cont_steps <= 8 + 64
+    assert useful / cont_steps > 1.5 * useful / batcher.num_steps
 
 
 # -- bad input: a clear ValueError naming the field; the engine keeps serving -----------------

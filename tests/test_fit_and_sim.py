@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from workbench.fit.features import FEATURES
-from workbench.fit.step_model import StepTimeModel, fit_step_model, load_fit
+from workbench.fit.step_model import (
+    BLOCK_STEPS,
+    StepTimeModel,
+    fit_step_model,
+    holdout_split,
+    load_fit,
+)
 from workbench.sim.simulator import Simulator, check_fit_matches, simulate_scenario
 from workbench.traffic import load_run
 from workbench.traffic.scenario import parse_scenario
@@ -59,6 +65,29 @@ def test_fit_recovers_known_costs(tmp_path):
         fit_step_model(steps.head(5), MODEL, ENGINE)
     with pytest.raises(ValueError, match="fit"):
         load_fit(tmp_path / "missing.json")
+
+
+def test_held_out_steps_are_whole_cases_or_runs():
+    # Steps of one profile case are near-identical: holding out single steps at random would
+    # score the fit on near-copies of its training rows.
+    steps, _ = synthetic_steps(n=400)
+    steps["case"] = np.arange(400) // 10  # 40 cases of 10 steps, over two runs
+    steps["run"] = np.arange(400) // 200
+    train, test, by = holdout_split(steps, 0.2, seed=0)
+    key = list(zip(steps.run, steps.case, strict=True))
+    assert by == "run+case" and not {key[i] for i in train} & {key[i] for i in test}
+    assert sorted([*train, *test]) == list(range(400)) and 80 <= len(test) < 90
+    runs = steps.drop(columns="case").assign(run=np.arange(400) // 50)
+    train, test, by = holdout_split(runs, 0.2, seed=1)
+    assert by == "run" and not set(runs.run.iloc[train]) & set(runs.run.iloc[test])
+    bare = steps.drop(columns=["case", "run"])  # a single real run: blocks of steps
+    train, test, by = holdout_split(bare, 0.2, seed=2)
+    blocks = np.arange(400) // BLOCK_STEPS
+    assert not set(blocks[train]) & set(blocks[test]) and len(test) >= 80
+    assert fit_step_model(steps, MODEL, ENGINE).validation["split_by"] == "run+case"
+    train, test, by = holdout_split(bare.head(20), 0.2)  # short: blocks of 2
+    assert by == "blocks of 2 steps" and len(train) and len(test) and not (
+        set(np.asarray(train) // 2) & set(np.asarray(test) // 2))
 
 
 def test_simulated_timeline_by_hand():
@@ -126,6 +155,7 @@ def test_profile_fit_simulate_end_to_end(tmp_path, tiny_path):
     res = runner.invoke(app, ["fit", str(prof.path), "-o", str(tmp_path / "f.json")])
     assert res.exit_code == 0 and "held-out" in res.output, res.output
     assert load_fit(tmp_path / "f.json").model["memory"] == mem
+    assert load_fit(tmp_path / "f.json").validation["split_by"] == "run+case"
     f = tmp_path / "s.yaml"
     f.write_text(f"name: s\ntarget: {{kind: engine, model: {tiny_path}}}\n"
                  "arrival: {kind: poisson, rate: 5}\nprompt_tokens: {dist: fixed, value: 30}\n"
@@ -182,10 +212,11 @@ def test_bad_load_balancer_name():
         Simulator(fit, {}, replicas=2, lb="fastest")
 
 
-def test_plan_capacity_cli(tmp_path):
+def test_plan_capacity_cli(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from workbench.cli import app
+    from workbench.plan import hardware
 
     sc, fit = _capacity_case()
     fit.save(tmp_path / "f.json")
@@ -200,6 +231,10 @@ def test_plan_capacity_cli(tmp_path):
     res = CliRunner().invoke(app, ["plan", "capacity", str(f), "--fit", str(tmp_path / "f.json"),
                                    "--lb", "nearest"])
     assert res.exit_code == 2 and "error: lb: must be one of" in res.output
+    # --calibrate measures this machine; pinned here to figures the synthetic fit is slower
+    # than, so the test does not depend on how busy the machine is.
+    measured = hardware.get_hardware("cpu-local")
+    monkeypatch.setattr(hardware, "measure_hardware", lambda **kw: measured)
     res = CliRunner().invoke(app, ["plan", "capacity", str(f), "--hardware", "h100-sxm,a10g",
                                    "--model", "llama-3-8b", "--calibrate", str(tmp_path / "f.json"),
                                    "--set", "num_requests=100", "--max-replicas", "8"])
@@ -272,6 +307,11 @@ def test_cheapest_configuration_across_hardware():
     for r in rows:
         if r["replicas"]:
             assert r["cost_per_hour"] == pytest.approx(
-                r["replicas"] * r["price_per_gpu_hour"])
-    big = cheapest_configuration(sc, get_model("llama-2-70b"), [get_hardware("l4")])
+                r["replicas"] * r["tp"] * r["price_per_gpu_hour"])
+            assert r["gpus"] == r["replicas"] * r["tp"]
+    big = cheapest_configuration(sc, get_model("llama-2-70b"), [get_hardware("l4")], tp=1)
     assert big[0]["replicas"] is None and "L4" in big[0]["why"].upper()
+    # Auto TP finds 8 L4s that hold it, and says at once why no replica count helps.
+    big = cheapest_configuration(sc, get_model("llama-2-70b"), [get_hardware("l4")])
+    assert big[0]["tp"] == 8 and big[0]["replicas"] is None
+    assert big[0]["why"].startswith("no rate meets the SLOs") and "tpot p90" in big[0]["why"]

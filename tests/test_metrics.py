@@ -72,3 +72,73 @@ def test_saturation_flag():
     assert is_saturated({"request_throughput": 5.0}, 10.0)
     assert not is_saturated({"request_throughput": 9.8}, 10.0)
     assert not math.isnan(summarize(pd.DataFrame(timeline()))["e2e_p99"])
+
+
+def test_a_count_without_token_times_is_no_index_error():
+    # A server's usage says 3 tokens but no chunk carried text: no first token, no TTFT.
+    r = request_record("x", 0.0, None, [], 1.0, 5, "length", output_tokens=3)
+    assert r["output_tokens"] == 3 and r["first_token"] is None and r["ttft"] is None
+    assert r["tpot"] is None and r["itl_mean"] is None and r["e2e"] == pytest.approx(1.0)
+
+
+def _run(arrivals, finishes):
+    return pd.DataFrame([request_record(i, a, a, [f], f, 10, "length")
+                         for i, (a, f) in enumerate(zip(arrivals, finishes, strict=True))])
+
+
+def test_the_drain_tail_does_not_read_as_saturation():
+    # 10 requests/s for 1 s, each served in 2 s: the system keeps up, but the run lasts
+    # 2.9 s, so vLLM's whole-run throughput reads 3.4 req/s.
+    arrivals = [i / 10 for i in range(10)]
+    kept_up = summarize(_run(arrivals, [a + 2.0 for a in arrivals]))
+    assert kept_up["request_throughput"] == pytest.approx(10 / 2.9)  # vLLM's, tail included
+    assert kept_up["offered_request_rate"] == pytest.approx(10.0)
+    assert kept_up["sustained_request_throughput"] == pytest.approx(10.0)
+    assert not is_saturated(kept_up, 10.0)
+    # The same offer against a capacity of 5 requests/s: each finishes 0.2 s after the last.
+    behind = summarize(_run(arrivals, [0.5 + 0.2 * i for i in range(10)]))
+    assert behind["sustained_request_throughput"] == pytest.approx(5.0)
+    assert is_saturated(behind, 10.0)
+
+
+def test_failures_count_as_falling_behind():
+    arrivals = [i / 10 for i in range(10)]
+    df = _run(arrivals, [a + 0.1 for a in arrivals])
+    df.loc[:2, "finish_reason"] = "error"  # 3 of 10 failed
+    assert is_saturated(summarize(df), 10.0)
+
+
+def test_request_metrics_columns_are_the_contract_in_one_place():
+    import dataclasses
+
+    from workbench.engine.outputs import RequestMetrics
+    from workbench.traffic.metrics import REQUEST_COLUMNS
+    from workbench.traffic.run_store import records_frame
+
+    assert [f.name for f in dataclasses.fields(RequestMetrics)] == REQUEST_COLUMNS
+    assert list(records_frame([])) == REQUEST_COLUMNS
+
+
+def test_engine_request_metrics_come_from_request_record():
+    from workbench.engine.outputs import RequestMetrics
+    from workbench.engine.sampling_params import SamplingParams
+    from workbench.engine.sequence import Sequence
+
+    seq = Sequence("7", [5, 6, 7, 8, 9, 10], 4, SamplingParams(max_tokens=2), 1.0)
+    seq.first_scheduled, seq.token_times, seq.finish = 1.5, [2.0, 2.5], 2.5
+    seq.finish_reason = "length"
+    expected = request_record("7", 1.0, 1.5, [2.0, 2.5], 2.5, 4, "length", 0, 0,
+                              output_tokens=2)
+    assert RequestMetrics.of(seq).as_dict() == expected
+
+
+def test_metrics_import_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import workbench.traffic.metrics, workbench.traffic.drive_result\n"
+            "assert 'workbench.engine' not in sys.modules")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr

@@ -121,7 +121,7 @@ def test_sliding_window_caps_kv_and_quantized_kv_halves_it():
 
 def test_concurrent_sequences_formula():
     m, hw = get_model("llama-2-7b"), get_hardware("h100-sxm")
-    usable = 80e9 * 0.9
+    usable = 81559 * 2**20 * 0.9  # nvidia-smi's 81559 MiB, not 80e9 bytes
     kv = 2 * 32 * 32 * 128 * 2 * 4096
     expected = int((usable - weight_bytes(m, "bf16")) // kv)
     assert max_concurrent_seqs(m, hw, "bf16", 4096) == expected
@@ -136,8 +136,8 @@ def test_concurrent_sequences_formula():
 def test_model_that_does_not_fit_even_at_int4_says_how_many_gpus():
     m, l4 = get_model("llama-2-70b"), get_hardware("l4")
     need = min_gpus(m, l4, "int4", 4096)
-    # 68.98B params at ~4.25 bits is ~37 GB; one 24 GB L4 keeps 90% = 21.6 GB usable.
-    assert need == math.ceil(weight_bytes(m, "int4") / (24e9 * 0.9)) > 1
+    # 68.98B params at ~4.25 bits is ~37 GB; one L4 (23034 MiB) keeps 90% = 21.7 GB usable.
+    assert need == math.ceil(weight_bytes(m, "int4") / (23034 * 2**20 * 0.9)) > 1
     with pytest.raises(ModelDoesNotFitError, match=rf"does not fit on 1 x l4.*needs {need} x l4"):
         memory_plan(m, l4, "int4", 4096)
     with pytest.raises(ValueError, match=rf"even at int4 it needs {need} x l4"):
@@ -169,3 +169,34 @@ def test_local_mixtral_config_json_reads_like_the_catalog(tmp_path):
     assert param_count(local) == param_count(get_model("mixtral-8x7b"))
     with pytest.raises(ValueError, match="config.hidden_size: missing"):
         arch_from_hf_config({"num_attention_heads": 2})
+
+
+@pytest.mark.parametrize("group_size", [0, -128, 1.5])
+def test_int4_group_size_must_be_a_positive_whole_number(group_size):
+    m = get_model("llama-2-7b")
+    with pytest.raises(ValueError, match=r"^group_size: must be a whole number of weights >= 1"):
+        weight_bytes(m, "int4", group_size=group_size)
+    with pytest.raises(ValueError, match=r"^group_size"):
+        bits_per_weight("int4", group_size=group_size)
+    assert weight_bytes(m, "bf16", group_size=group_size) == 2 * param_count(m)  # unused there
+
+
+def test_a_path_that_is_no_model_says_what_model_should_be(tmp_path):
+    with pytest.raises(ValueError, match=r"^model: /etc/passwd is not a catalog name or a "
+                                         r"directory with config\.json.*not a readable JSON"):
+        get_model("/etc/passwd")
+    with pytest.raises(ValueError, match=r"^model: .* is a directory without a config\.json"):
+        get_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ValueError, match=r"^model: .*not a decoder config\.json "
+                                         r"\(config\.num_attention_heads: missing"):
+        get_model(tmp_path)
+
+
+def test_kv_per_request_of_the_whole_replica():
+    m = get_model("llama-2-70b")
+    one, four = kv_estimate(m, 4096, "bf16"), kv_estimate(m, 4096, "bf16", tp=4)
+    assert four.bytes_per_request_replica == one.bytes_per_request == 4 * four.bytes_per_request
+    # 16 GPUs, 8 KV heads: each head is held twice, so the replica holds twice the model's KV.
+    assert kv_estimate(m, 4096, "bf16", tp=16).bytes_per_request_replica == (
+        2 * one.bytes_per_request)

@@ -11,9 +11,12 @@ from workbench.plan.hardware import get_hardware
 from workbench.plan.models_catalog import get_model
 from workbench.plan.trees import TREES, Leaf, Question, evaluate, iter_paths, questions, recommend
 from workbench.plan.trees.answers import (
+    LOW_CONCURRENCY_IN_FLIGHT,
     caching_answers,
+    framework_answers,
     parallelism_answers,
     quantization_answers,
+    requests_in_flight,
 )
 
 ALL_PATHS = [(name, answers, leaf) for name, tree in TREES.items()
@@ -133,3 +136,62 @@ def test_caching_answers_from_workload_shape():
     assert facts1["max_seqs"] == 0 and one["kv_memory_bound"] == "yes"
     assert facts4["max_seqs"] == max_concurrent_seqs(m70, h100, "bf16", 4096, tp=4) >= 16
     assert four["kv_memory_bound"] == "no"
+
+
+def test_parallelism_sizes_gpus_for_the_target_batch_not_only_the_weights():
+    m70, h100 = get_model("llama-2-70b"), get_hardware("h100-sxm")
+    # Two bf16 H100s hold the weights and ~11 sequences of 4,096 tokens; 64 need four.
+    a, facts = parallelism_answers(m70, h100, context=4096, batch=64)
+    assert facts["gpus_for_weights"] == 2 and facts["gpus_needed"] == 4
+    assert max_concurrent_seqs(m70, h100, "bf16", 4096, tp=2) < 64
+    assert facts["max_seqs_at_gpus_needed"] == max_concurrent_seqs(
+        m70, h100, "bf16", 4096, tp=4) >= 64
+    assert a["fits_one_node"] == "yes"
+    # A batch no 8-GPU node holds is not "fits one node", even though the weights do.
+    a, facts = parallelism_answers(m70, h100, context=4096, batch=2000)
+    assert facts["gpus_for_weights"] == 2 and (facts["gpus_needed"] or 99) > 8
+    assert a["fits_one_node"] == "no"
+    assert evaluate(TREES["parallelism"], a).recommendation.startswith("Tensor parallel within")
+
+
+@pytest.mark.parametrize("model,gpu,concurrency", [
+    ("llama-2-7b", "l4", 4), ("llama-2-13b", "l40s", 8), ("mixtral-8x7b", "h100-sxm", 8)])
+@pytest.mark.parametrize("quality", ["strict", "tolerant"])
+def test_quantization_offers_fp8_where_8_bits_are_needed_on_fp8_hardware(model, gpu, concurrency,
+                                                                        quality):
+    # Ada (L4, L40S) and Hopper have FP8 tensor cores: when BF16 does not fit but 8 bits do,
+    # FP8 is the 8-bit format to run, whatever the quality tolerance.
+    a, facts = quantization_answers(get_model(model), get_hardware(gpu), 4096, concurrency,
+                                    quality)
+    assert a["fits_at"] == "int8" and a["fp8_hardware"] == "yes"
+    assert facts["max_seqs_bf16"] < concurrency <= facts["max_seqs_int8"]
+    assert evaluate(TREES["quantization"], a).recommendation == "FP8 (W8A8)"
+
+
+def test_quantization_without_fp8_keeps_int8_or_int4():
+    # The L4 case above on an A10G: the same 24 GB, but Ampere has INT8 tensor cores, no FP8.
+    a10g = get_hardware("a10g")
+    strict, _ = quantization_answers(get_model("llama-2-7b"), a10g, 4096, 4, "strict")
+    tolerant, _ = quantization_answers(get_model("llama-2-7b"), a10g, 4096, 4, "tolerant")
+    assert strict["fits_at"] == "int8" and strict["fp8_hardware"] == "no"
+    assert evaluate(TREES["quantization"], strict).recommendation == "INT8 weight-only (W8A16)"
+    assert evaluate(TREES["quantization"], tolerant).recommendation == "INT4 (AWQ)"
+
+
+def test_framework_concurrency_is_requests_in_flight_by_littles_law():
+    assert requests_in_flight(2.0, 30.0) == 60.0
+    # A low request rate with long answers keeps many requests in flight ...
+    a, facts = framework_answers(requests_per_s=2, latency_s=30)
+    assert a == {"concurrency": "high"} and facts["requests_in_flight"] == 60
+    # ... and a high rate of quick answers keeps few.
+    a, facts = framework_answers(requests_per_s=20, latency_s=0.1)
+    assert a == {"concurrency": "low"} and facts["requests_in_flight"] <= LOW_CONCURRENCY_IN_FLIGHT
+    base = {"use": "production", "hardware_vendor": "nvidia", "latency": "standard",
+            "hf_integration": "not_needed"}
+    assert recommend("framework", {**base, **a}).recommendation == "Ollama"
+    step = recommend("framework", {**base, **a}).path[-1]
+    assert step.key == "concurrency" and "in flight" in step.question
+    with pytest.raises(ValueError, match="latency_s: must be > 0"):
+        framework_answers(2, 0)
+    with pytest.raises(ValueError, match="requests_per_s: must be >= 0"):
+        framework_answers(-1, 3)

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from workbench.cli import app
 from workbench.traffic import load_run
 from workbench.traffic.engine_driver import drive_engine
-from workbench.traffic.run import run_scenario
-from workbench.traffic.runs import write_run
+from workbench.traffic.run_scenario import run_scenario
+from workbench.traffic.run_store import write_run
 from workbench.traffic.scenario import parse_scenario
 from workbench.traffic.workload import build_requests
 
@@ -143,3 +143,58 @@ def test_cli_run_and_sweep(tmp_path, tiny_path):
     res = runner.invoke(app, ["run", str(f), "--set", "arrival.burstiness=-1"])
     assert res.exit_code == 2
     assert res.output.strip().startswith("error: ") and "arrival" in res.output
+
+
+def test_secrets_never_reach_the_manifest(tmp_path):
+    from tests.llama_cpp_like_server import LlamaCppLikeServer
+
+    secret = "sk-live-0123456789abcdef"
+    with LlamaCppLikeServer(accept_token_ids=True) as srv:
+        sc = parse_scenario({**SCENARIO, "num_requests": 2, "target": {
+            "kind": "http", "url": srv.url, "model": "m", "api_key": secret,
+            "prompt_format": "tokens"}})
+        path = run_scenario(sc, tmp_path, progress=False, log=lambda m: None)
+    assert srv.authorization == [f"Bearer {secret}"] * 2  # the key was used...
+    for f in path.iterdir():  # ...and is nowhere in the run's files
+        assert secret.encode() not in f.read_bytes(), f.name
+    assert load_run(path).manifest["scenario"]["target"]["api_key"] == "<redacted>"
+
+
+def test_the_manifest_builder_redacts_at_any_depth():
+    from workbench.traffic.run_store import build_manifest
+
+    m = build_manifest("r", "real", "now", scenario={"target": {
+        "url": "http://user:pw@127.0.0.1:9/v1", "api_key": "k1", "api_key_env": "MY_KEY"}},
+        extra=[{"Authorization": "Bearer k2"}], hardware=None)
+    text = json.dumps(m)
+    assert "k1" not in text and "k2" not in text and "pw" not in text
+    assert m["scenario"]["target"]["url"] == "http://<redacted>@127.0.0.1:9/v1"
+    assert m["scenario"]["target"]["api_key_env"] == "MY_KEY"  # a name, not a secret
+    assert m["package_version"] and "git_revision" in m
+
+
+def test_one_home_for_drive_results_and_run_manifests():
+    from pathlib import Path
+
+    from workbench.sim import simulator
+    from workbench.traffic import drive_result, engine_driver, http_driver
+
+    assert (engine_driver.DriveResult is http_driver.DriveResult is simulator.DriveResult
+            is drive_result.DriveResult)
+    root = Path(__file__).resolve().parent.parent / "workbench"
+    writers = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
+               if p.name != "run_store.py"
+               and any(s in p.read_text() for s in ("write_run(", "environment()"))]
+    assert writers == [], "run manifests are built only by traffic/run_store.py"
+
+
+def test_nothing_reaches_outside_the_repository():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    outside = ".." + "/shared"
+    hits = [p.relative_to(root).as_posix() for d in ("scenarios", "tests", "workbench")
+            for p in (root / d).rglob("*") if p.is_file() and p.suffix in (
+                ".py", ".yaml", ".yml", ".md", ".json", ".csv", ".txt")
+            and outside in p.read_text(errors="replace")]
+    assert hits == []

@@ -11,6 +11,7 @@ from workbench.engine.block_manager import BlockManager
 from workbench.engine.sampling_params import SamplingParams
 from workbench.engine.scheduler import RequestRejected, Scheduler, SchedulerConfig
 from workbench.engine.sequence import Sequence, SequenceStatus
+from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
 
 
 def make(num_blocks=64, block_size=4, max_num_seqs=8, budget=32, max_len=256, chunked=True):
@@ -19,7 +20,8 @@ def make(num_blocks=64, block_size=4, max_num_seqs=8, budget=32, max_len=256, ch
 
 
 def seq(rid, prompt_len, max_tokens=8, arrival=0.0):
-    return Sequence(str(rid), list(range(3, 3 + prompt_len)), prompt_len,
+    first = FIRST_ORDINARY_TOKEN_ID
+    return Sequence(str(rid), list(range(first, first + prompt_len)), prompt_len,
                     SamplingParams(max_tokens=max_tokens, temperature=0), arrival)
 
 
@@ -90,13 +92,14 @@ def test_without_chunking_a_prompt_waits_for_budget():
 
 
 def test_preemption_takes_most_recent_and_resumes():
-    # 6 blocks of 4 tokens: two 10-token prompts take 3 blocks each; growing needs a 7th.
-    sched, bm = make(num_blocks=6, block_size=4, budget=64)
+    # 7 blocks of 4 tokens: two 10-token prompts take 3 blocks each, the 7th stays free (the
+    # admission watermark); growing to 13 tokens needs a 4th block each: only one is left.
+    sched, bm = make(num_blocks=7, block_size=4, budget=64)
     a, b = seq("a", 10, max_tokens=8), seq("b", 10, max_tokens=8)
     sched.add(a)
     sched.add(b)
     run_step(sched)
-    assert bm.num_free_blocks == 0
+    assert bm.num_free_blocks == 1
     run_step(sched)  # both decode: tokens 11 fit the 3rd block
     run_step(sched)  # token 12 fits
     out, _ = run_step(sched)  # token 13 needs a 4th block each: b (most recent) is preempted
@@ -110,6 +113,35 @@ def test_preemption_takes_most_recent_and_resumes():
     out, _ = run_step(sched)
     assert out.scheduled[0].seq is b and out.scheduled[0].num_tokens == tokens_at_preemption
     assert b.num_output_tokens == 4
+
+
+def test_admission_keeps_a_watermark_of_free_blocks():
+    # 10 blocks of 4: a's 16-token prompt fills 4 blocks exactly, so its first decode needs a
+    # 5th. b's 24-token prompt needs the other 6: admitting it leaves nothing for a to grow
+    # into, and the next step would preempt b (the most recent), wasting its prefill.
+    sched, bm = make(num_blocks=10, block_size=4, budget=64)
+    assert sched.watermark_blocks == 1  # ceil(0.01 x 10)
+    a, b = seq("a", 16, max_tokens=8), seq("b", 24, max_tokens=8)
+    sched.add(a)
+    sched.add(b)
+    out, _ = run_step(sched)
+    assert [s.seq.request_id for s in out.scheduled] == ["a"]  # b waits: 6 + 1 > 6 free
+    preempted = []
+    while sched.has_unfinished():
+        out, _ = run_step(sched)
+        preempted += out.preempted
+    assert preempted == [] and a.preemptions == b.preemptions == 0
+    assert b.num_output_tokens == 8 and bm.num_free_blocks == 10
+
+
+def test_watermark_never_blocks_a_lone_sequence():
+    # A request that needs the whole pool still runs when nothing else does.
+    sched, bm = make(num_blocks=6, block_size=4, budget=64)
+    s = seq(0, 20, max_tokens=4)  # 24 tokens = all 6 blocks
+    sched.add(s)
+    while sched.has_unfinished():
+        run_step(sched)
+    assert s.num_output_tokens == 4 and s.preemptions == 0
 
 
 def test_rejects_what_can_never_fit():

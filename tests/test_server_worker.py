@@ -1,11 +1,20 @@
-"""The server's engine thread: a failing step reaches every waiting client; nothing hangs."""
+"""The server's engine thread: a failing step or request reaches the clients it touched, a dead
+thread is reported and fails requests fast; nothing hangs."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
+import time
+
+import httpx
+import pytest
 
 from workbench.engine import SamplingParams
-from workbench.server.worker import EngineFailure, EngineWorker
+from workbench.server.app import create_app
+from workbench.server.background import serve_in_thread
+from workbench.server.worker import EngineFailure, EngineFault, EngineUnavailable, EngineWorker
 
 
 def test_a_failing_step_fails_requests_instead_of_hanging(tiny_engine_factory):
@@ -31,3 +40,97 @@ def test_a_failing_step_fails_requests_instead_of_hanging(tiny_engine_factory):
     finally:
         worker.stop()
     assert not eng.has_unfinished()
+
+
+def test_one_requests_fault_fails_that_request_only(tiny_engine_factory):
+    """A lone surrogate reaching the engine makes the tokenizer raise TypeError: that request
+    fails (a 500-class EngineFault, or the engine's ValueError), the next one is served."""
+    eng = tiny_engine_factory()
+    worker = EngineWorker(eng)
+    worker.start()
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+
+    async def scenario():
+        with pytest.raises((EngineFault, ValueError)):
+            await asyncio.wait_for(worker.submit("bad", "\ud800", params), 30)
+        sink = await asyncio.wait_for(worker.submit("good", "hello", params), 30)
+        out = None
+        while out is None or not out.finished:
+            out = await asyncio.wait_for(sink.get(), 30)
+        assert out.finish_reason == "length"
+
+    try:
+        asyncio.run(scenario())
+        assert worker.dead is None
+    finally:
+        worker.stop()
+    assert worker.dead is not None and not eng.has_unfinished()
+
+
+def _break_engine_on(eng, flag: threading.Event) -> None:
+    """The loop itself (not one step) raises: the engine thread cannot go on."""
+    real = eng.has_unfinished
+
+    def has_unfinished():
+        if flag.is_set():
+            raise RuntimeError("scheduler state corrupted")
+        return real()
+
+    eng.has_unfinished = has_unfinished
+
+
+def test_a_dead_engine_thread_fails_requests_fast(tiny_engine_factory):
+    eng = tiny_engine_factory()
+    broken = threading.Event()
+    _break_engine_on(eng, broken)
+    worker = EngineWorker(eng)
+    assert worker.dead == "engine not started"
+    worker.start()
+    params = SamplingParams(max_tokens=1000, temperature=0, ignore_eos=True)
+
+    async def scenario():
+        sink = await worker.submit("inflight", "hello", params)
+        await asyncio.wait_for(sink.get(), 30)
+        broken.set()
+        while True:  # the in-flight request is told, not left waiting
+            out = await asyncio.wait_for(sink.get(), 30)
+            if isinstance(out, EngineFailure):
+                break
+            assert not out.finished
+        assert "scheduler state corrupted" in out.message
+        assert "scheduler state corrupted" in worker.dead
+        with pytest.raises(EngineUnavailable, match="scheduler state corrupted"):
+            await asyncio.wait_for(worker.submit("later", "hello", params), 30)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        worker.stop()
+
+
+def test_a_dead_engine_shows_in_health_and_http_fails_fast(tiny_engine_factory):
+    eng = tiny_engine_factory()
+    broken = threading.Event()
+    _break_engine_on(eng, broken)
+    app = create_app(eng, "tiny")
+    with serve_in_thread(app) as url:
+        ok = httpx.post(f"{url}/v1/completions", timeout=60, json={
+            "prompt": "Hi", "max_tokens": 2, "ignore_eos": True})
+        assert ok.status_code == 200 and httpx.get(f"{url}/health", timeout=30).status_code == 200
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            inflight = pool.submit(httpx.post, f"{url}/v1/completions", timeout=60, json={
+                "prompt": "Once", "max_tokens": 1500, "ignore_eos": True})
+            for _ in range(6000):  # bounded: until the request is being generated
+                if len(eng.telemetry) >= 4:
+                    break
+                time.sleep(0.01)
+            broken.set()
+            r = inflight.result()
+        assert r.status_code == 500 and "scheduler state corrupted" in r.json()["error"]["message"]
+        health = httpx.get(f"{url}/health", timeout=30)
+        assert health.status_code == 503 and "scheduler state corrupted" in health.json()["reason"]
+        for stream in (False, True):
+            r = httpx.post(f"{url}/v1/completions", timeout=30, json={
+                "prompt": "Hi", "max_tokens": 2, "stream": stream})
+            assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+    # leaving the block stopped the server (the SIGTERM path): it did not hang

@@ -22,6 +22,7 @@ from workbench.plan import (
     weight_bytes_per_gpu,
 )
 from workbench.plan.cost import HOURS_PER_MONTH, cost_per_million_tokens
+from workbench.plan.step_cost import Batch, step_cost
 from workbench.plan.trees import TREES, questions
 from workbench.plan.trees.answers import quantization_answers
 from workbench.widgets import (
@@ -54,33 +55,47 @@ def view():
 
 
 def step_cycle_s(batch: int, tp: int = 1) -> float:
-    """The calculator's TPOT, written out from the plan's step functions."""
-    decode = decode_step(M, HW, batch, PROMPT + OUT // 2, "bf16", tp=tp).time_s
-    prefill = prefill_step(M, HW, PROMPT, 1, "bf16", tp=tp).time_s
-    return decode + batch / OUT * prefill
+    """The calculator's TPOT, written out: the plan's step cost of the steady-state step
+    (batch decodes at the mean context, batch / OUT prompts joining)."""
+    joining = batch / OUT
+    return step_cost(M, HW, Batch(
+        num_prefill_tokens=joining * PROMPT, num_prefill_seqs=joining,
+        prefill_attention=joining * PROMPT * (PROMPT + 1) / 2, num_decode_seqs=batch,
+        decode_context=batch * (PROMPT + OUT // 2)), "bf16", tp=tp).time_s
 
 
 def test_memory_breakdown_sums_to_the_gpu_and_uses_the_plan_figures(view):
-    assert sum(view.memory_breakdown.values()) == pytest.approx(80.0)
+    assert sum(view.memory_breakdown.values()) == pytest.approx(HW.memory_bytes / 1e9)
     assert view.weights_gb == pytest.approx(weight_bytes_per_gpu(M, "bf16") / 1e9)
-    assert view.reserve_gb == pytest.approx(8.0)               # 10% of 80 GB
+    assert view.reserve_gb == pytest.approx(0.1 * HW.memory_bytes / 1e9)   # 10% held back
     # GQA: 2 x 32 layers x 8 KV heads x 128 x 2 bytes = 131,072 B/token; 1,280 tokens.
     assert view.kv_mb_per_sequence == pytest.approx(131_072 * 1280 / 1e6)
     assert kv_estimate(M, 1280, "bf16").bytes_per_request == 131_072 * 1280
     assert view.kv_in_use_gb == pytest.approx(view.batch * 131_072 * 1280 / 1e9)
-    assert view.max_concurrent_seqs == max_concurrent_seqs(M, HW, "bf16", 1280) == 333
+    room = 0.9 * HW.memory_bytes - weight_bytes_per_gpu(M, "bf16")
+    assert view.max_concurrent_seqs == max_concurrent_seqs(M, HW, "bf16", 1280) == int(
+        room // (131_072 * 1280))
 
 
-def test_decode_step_is_the_roofline_with_default_efficiency(view):
-    # Batch 1 reads the 16.06 GB of weights plus 1,152 cached tokens' KV at 60% of 3.35 TB/s.
-    bytes_read = weight_bytes_per_gpu(M, "bf16") + 1152 * 131_072
-    assert step_cycle_s(1) - 1 / OUT * prefill_step(M, HW, PROMPT).time_s == pytest.approx(
-        bytes_read / (3350e9 * DEFAULT_EFFICIENCY.memory))
-    assert round(bytes_read / (3350e9 * 0.6) * 1e3, 2) == 8.07
+def test_tpot_is_the_steady_step_on_the_roofline_with_default_efficiency(view):
+    # Batch 1: one decode over 1,152 cached tokens plus 1,024 / 256 = 4 prefill tokens. It
+    # reads the weights less the 128,256 x 4,096 embedding table (only 5 rows of it), the
+    # decode's KV and writes 4 tokens' KV, at 60% of 3.35 TB/s: memory-bound.
+    table = 128_256 * 4096 * 2
+    bytes_read = (weight_bytes_per_gpu(M, "bf16") - table + 5 * 4096 * 2
+                  + (1152 + 4) * 131_072)
+    assert step_cycle_s(1) == pytest.approx(bytes_read / (3350e9 * DEFAULT_EFFICIENCY.memory))
+    assert round(bytes_read / (3350e9 * 0.6) * 1e3, 2) == 7.54
+    # The decode-only step and the lone prefill the table shows are the plan's phase steps.
+    v1 = capacity_view(**{**view.inputs, "tp": 1})
+    assert v1.decode_step_ms == pytest.approx(
+        decode_step(M, HW, v1.batch, PROMPT + OUT // 2).time_s * 1e3)
+    assert v1.prefill_ms == pytest.approx(prefill_step(M, HW, PROMPT).time_s * 1e3)
 
 
 def test_operating_batch_is_the_largest_meeting_the_tpot_slo(view):
-    assert view.tpot_slo_met and view.batch == 202
+    # 341 sequences: compute-bound there (the prefill tokens riding along cost FLOPs).
+    assert view.tpot_slo_met and view.batch == 341 and view.step_bound == "compute"
     assert step_cycle_s(view.batch) <= 0.050 < step_cycle_s(view.batch + 1)
     assert view.tpot_ms == pytest.approx(step_cycle_s(view.batch) * 1e3)
     assert view.requests_per_s == pytest.approx(view.batch / (OUT * step_cycle_s(view.batch)))
@@ -127,7 +142,7 @@ def test_price_override_scales_cost_only(view):
 def test_a_model_too_big_for_one_gpu_gets_tensor_parallel_or_a_clear_error():
     v = capacity_view("llama-2-70b", "h100-sxm", context=4096, tpot_slo_ms=50)
     assert v.tp >= 2 and v.weights_gb < 72 and v.tp_reason.startswith("auto")
-    assert sum(v.memory_breakdown.values()) == pytest.approx(80.0)
+    assert sum(v.memory_breakdown.values()) == pytest.approx(HW.memory_bytes / 1e9)
     with pytest.raises(ModelDoesNotFitError, match=r"^model: llama-2-70b does not fit on 1 x "
                                                     r"h100-sxm.*needs 2 x h100-sxm"):
         capacity_view("llama-2-70b", "h100-sxm", context=4096, tp=1)
@@ -172,10 +187,11 @@ def test_bad_inputs_raise_a_value_error_naming_the_field(change, field):
 
 def test_table_and_explanation_show_the_arithmetic(view):
     table = view.table()
-    assert table.loc["replicas", "value"] == "2" and table.loc["operating batch", "value"] == "202"
+    assert table.loc["replicas", "value"] == "2" and table.loc["operating batch", "value"] == "341"
     assert table.loc["$ per month (always on)", "value"] == "4,380"
     text = view.explanation
-    assert "ceil(20 / (15.8 x 0.7)) = 2 replicas" in text and "2 GPUs x 730 h x $3.00" in text
+    assert "ceil(20 / (26.6 x 0.7)) = 2 replicas" in text and "2 GPUs x 730 h x $3.00" in text
+    assert "1,364 prefill tokens" in text and "(compute-bound)" in text
 
 
 def test_whatif_curves_follow_the_view(view):
@@ -192,9 +208,9 @@ def test_whatif_curves_follow_the_view(view):
 
 def test_capacity_figures_draw_the_view(view):
     memory, batch, fleet = capacity_figures(view)
-    assert sum(t.x[0] for t in memory.data) == pytest.approx(80.0)
+    assert sum(t.x[0] for t in memory.data) == pytest.approx(HW.memory_bytes / 1e9)
     marker = next(t for t in batch.data if t.name == "operating batch")
-    assert marker.x == (202,) and marker.y[0] == pytest.approx(view.tpot_ms)
+    assert marker.x == (341,) and marker.y[0] == pytest.approx(view.tpot_ms)
     assert "70%" in fleet.layout.title.text
 
 
@@ -206,8 +222,9 @@ def test_calculator_widget_follows_its_controls():
     shown = [o["data"]["application/vnd.plotly.v1+json"] for o in calc.plots.outputs]
     assert [f["layout"]["title"]["text"][:6] for f in shown] == ["Memory", "One re", "Fleet:"]
     calc.controls["rate_rps"].value = 60.0
-    assert calc.view.fleet.replicas == 6 and "<td" in calc.summary.value
-    assert ">6<" in calc.summary.value
+    # ceil(60 / (26.6 x 0.7)) = 4
+    assert calc.view.fleet.replicas == 4 and "<td" in calc.summary.value
+    assert ">4<" in calc.summary.value
     calc.controls["context"].value = 100
     assert calc.view is None and calc.error.startswith("context:")
     assert "context: must hold" in calc.summary.value and calc.plots.outputs == ()

@@ -20,6 +20,8 @@ import torch
 
 from workbench.engine import EngineConfig, LLMEngine, SamplingParams
 from workbench.engine.static import StaticBatcher
+from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
+from workbench.plan.hardware import copy_bandwidth  # the project's one bandwidth measurement
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class Workload:
 def mixed_workload(num_requests: int = 64, prompt_range=(16, 512), output_range=(16, 256),
                    seed: int = 0, vocab: int = 4096) -> Workload:
     rng = random.Random(seed)
-    prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(*prompt_range))]
+    prompts = [[rng.randrange(FIRST_ORDINARY_TOKEN_ID, vocab)
+                for _ in range(rng.randint(*prompt_range))]
                for _ in range(num_requests)]
     outputs = [rng.randint(*output_range) for _ in range(num_requests)]
     return Workload(prompts, outputs, seed)
@@ -104,14 +107,6 @@ def hf_decode_latency(hf_model, prompt: list[int], n: int) -> float:
     return (_timed(lambda: gen(n)) - _timed(lambda: gen(1))) / (n - 1)
 
 
-def copy_bandwidth(num_bytes: int = 1 << 28, repeats: int = 5) -> float:
-    """Bytes moved per second by a large tensor copy (each byte read once and written once)."""
-    src = torch.empty(num_bytes, dtype=torch.uint8).fill_(1)
-    dst = torch.empty_like(src)
-    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
-    return 2 * num_bytes / best
-
-
 def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: int = 64,
                   batch_size: int = 16, repeats: int = 1, seed: int = 0,
                   include_hf: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -146,7 +141,7 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
                                  for _ in range(max(3, repeats)))
     hf_tpot = (statistics.median(hf_decode_latency(hf, prompt, n_decode)
                                  for _ in range(max(3, repeats))) if hf is not None else None)
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(1 << 28, budget_s=0.5, device=engine.device.type)
     bound = engine.model.weight_bytes() / bandwidth
 
     names = list(seconds)

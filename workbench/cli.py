@@ -9,6 +9,7 @@ import typer
 
 from workbench.cli_errors import user_errors
 from workbench.plan.cli import plan_app
+from workbench.plan.cost import DEFAULT_UTILIZATION
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LLM Serving Workbench: run, measure and plan LLM inference.")
@@ -79,13 +80,28 @@ def run(
     out: Annotated[str, typer.Option(help="Directory that receives the run directory.")] = "runs",
     progress: bool = True,
 ):
-    """Run a scenario against its target; print the run directory."""
-    from workbench.traffic import load_scenario
-    from workbench.traffic.run import run_scenario
+    """Run a scenario against its target; print the run directory.
+
+    Ctrl-C stops the run, keeps the completed requests in the run directory and exits 130."""
+    from workbench.traffic import load_run, load_scenario
+    from workbench.traffic.drive_result import INTERRUPT, WALL_LIMIT
+    from workbench.traffic.run_scenario import run_scenario
 
     sc = load_scenario(scenario, set_ or [])
-    path = run_scenario(sc, out, progress=progress)
+    try:
+        path = run_scenario(sc, out, progress=progress, log=_note)
+    except KeyboardInterrupt:  # before the drive began (e.g. while the model loaded)
+        _note("interrupted before the run was stored; nothing recorded")
+        raise typer.Exit(130) from None
+    manifest = load_run(path).manifest
     typer.echo(path)
+    summary = manifest["summary"]
+    done = f"{summary['completed']} of {manifest['num_requests_planned']} requests completed"
+    if manifest.get("stopped_by") == INTERRUPT:
+        _note(f"interrupted: {done}; kept in {path}")
+        raise typer.Exit(130)
+    if manifest.get("stopped_by") == WALL_LIMIT:
+        _note(f"warning: the run reached its time bound: {done}")
 
 
 @app.command()
@@ -108,7 +124,11 @@ def sweep(
         raise ValueError("rates: give either --rates R1,R2,... or --auto")
     if auto:
         start = getattr(sc.arrival, "rate", 1.0)
-        saturation = find_saturation(sc, start=start, out=out, log=typer.echo)
+        try:
+            saturation = find_saturation(sc, start=start, out=out, log=typer.echo)
+        except KeyboardInterrupt:
+            _note("interrupted: the runs done so far are kept")
+            raise typer.Exit(130) from None
         rate_list = auto_rates(saturation)
         typer.echo(f"saturation near {saturation:g} req/s; sweeping {rate_list}")
     else:
@@ -118,17 +138,26 @@ def sweep(
             raise ValueError(f"rates: must be comma-separated numbers, got {rates!r}") from None
         if not rate_list:
             raise ValueError("rates: give at least one rate")
-    frame, _ = run_sweep(sc, rate_list, out, progress=False, log=typer.echo)
+    try:
+        frame, _ = run_sweep(sc, rate_list, out, progress=False, log=typer.echo)
+    except KeyboardInterrupt:
+        _note("interrupted: the runs done so far are kept")
+        raise typer.Exit(130) from None
     typer.echo("")
     typer.echo(format_sweep(frame))
+
+
+def _note(message: str) -> None:
+    """Diagnostics go to stderr, so stdout stays what the command prints (a run directory)."""
+    typer.echo(message, err=True)
 
 
 @app.command()
 @user_errors
 def serve(
     model: Annotated[str, typer.Option(help="Preset or checkpoint dir.")] = "tiny",
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port, 1..65535.")] = 8000,
     dtype: str = "auto",
     max_num_seqs: int = 32,
     block_size: int = 16,
@@ -140,7 +169,10 @@ def serve(
 
     config = EngineConfig(dtype=dtype, max_num_seqs=max_num_seqs, block_size=block_size,
                           num_kv_blocks=num_kv_blocks)
-    run_server(model, host, port, config)
+    try:  # host and port are checked (and bound) before the model loads
+        run_server(model, host, port, config)
+    except KeyboardInterrupt:  # Ctrl-C while loading or after a graceful stop: no traceback
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -230,11 +262,15 @@ def capacity(
     model: Annotated[str | None, typer.Option(
         help="With --hardware: catalog model, preset or config dir to plan for.")] = None,
     precision: str = "bf16",
-    tp: Annotated[int, typer.Option(help="With --hardware: GPUs per replica (tensor parallel).")]
-    = 1,
+    tp: Annotated[int | None, typer.Option(
+        help="With --hardware: GPUs per replica (tensor parallel); default: chosen per GPU "
+             "as the capacity calculator does.")] = None,
+    utilization: Annotated[float, typer.Option(
+        help="With --hardware: target busy share; replicas are sized for rate / utilization, "
+             "the calculator's headroom.")] = DEFAULT_UTILIZATION,
     calibrate: Annotated[str | None, typer.Option(
-        help="With --hardware: a fit from this machine whose measured efficiency replaces the "
-             "published defaults.")] = None,
+        help="With --hardware: a fit made on this machine; this machine is measured and the "
+             "fit's efficiency against it replaces the published defaults.")] = None,
     rate: Annotated[float | None, typer.Option(help="Target rate (default: the scenario's).")]
     = None,
     lb: str = "least-outstanding",
@@ -255,35 +291,46 @@ def capacity(
         raise ValueError("fit: give either --fit FIT.json or --hardware GPU[,GPU...]")
     goal = ", ".join(f"{k} p{sc.slo.percentile:g} <= {v * 1e3:g} ms" for k, v in sc.slos.items())
     if hardware is not None:
-        _capacity_by_hardware(sc, hardware, model, precision, tp, calibrate, lb, max_replicas,
-                              json_out, goal)
+        _capacity_by_hardware(sc, hardware, model, precision, tp, utilization, calibrate, lb,
+                              max_replicas, json_out, goal)
         return
     from workbench.fit import load_fit
-    from workbench.sim.capacity import max_rate, min_replicas
+    from workbench.sim.capacity import max_rate, min_replicas, slo_floor
     from workbench.sim.simulator import check_fit_matches
 
     fit = load_fit(fit_file)
     check_fit_matches(fit, sc.target, allow_mismatch, log=lambda m: typer.echo(m, err=True))
     target_rate = getattr(sc.arrival, "rate", None)
+    unreachable = slo_floor(sc, fit)   # cheap: then nothing is simulated
     n, tried = min_replicas(sc, fit, lb, max_replicas)
     one, curve = max_rate(sc, fit, 1, lb, start=max(0.1, (target_rate or 4.0) / 4))
     result = {"replicas": n, "rate": target_rate, "lb": lb, "slo": sc.slos,
               "percentile": sc.slo.percentile, "max_rate_one_replica": one,
+              "no_rate_meets_slos": unreachable,
               "evaluations": [asdict(e) for e in tried],
               "goodput_curve": [asdict(e) for e in curve]}
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
     typer.echo(f"goal: {goal} at {target_rate:g} req/s ({lb})")
+    if unreachable:
+        typer.echo(unreachable)
+        return
     for e in tried:
         got = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in e.percentiles.items())
         typer.echo(f"  {e.replicas:3d} replicas: {'meets' if e.met else 'misses'} ({got})")
-    typer.echo(f"replicas needed: {n if n is not None else f'more than {max_replicas}'}")
+    if n is None:
+        from workbench.sim.capacity import missed_slos
+
+        typer.echo(f"replicas needed: more than {max_replicas} (with {max_replicas}: "
+                   f"{missed_slos(tried[-1], sc)})")
+    else:
+        typer.echo(f"replicas needed: {n}")
     typer.echo(f"one replica sustains about {one:.2f} req/s within the SLOs")
 
 
-def _capacity_by_hardware(sc, hardware, model, precision, tp, calibrate, lb, max_replicas,
-                          json_out, goal) -> None:
+def _capacity_by_hardware(sc, hardware, model, precision, tp, utilization, calibrate, lb,
+                          max_replicas, json_out, goal) -> None:
     import json
 
     from workbench.plan import get_hardware, get_model
@@ -297,23 +344,27 @@ def _capacity_by_hardware(sc, hardware, model, precision, tp, calibrate, lb, max
         from workbench.sim.roofline_model import calibrated_efficiency
 
         fit = load_fit(calibrate)
-        efficiency = calibrated_efficiency(fit, get_hardware("cpu-local"),
-                                           get_model(fit.model["name"]),
+        # None: measure this machine; a packaged entry would describe another one.
+        efficiency = calibrated_efficiency(fit, None, get_model(fit.model["name"]),
                                            fit.engine.get("dtype", "float32"))
     gpus = [get_hardware(h.strip()) for h in hardware.split(",") if h.strip()]
     rows = cheapest_configuration(sc, get_model(model), gpus, precision, tp, lb, max_replicas,
-                                  efficiency)
+                                  efficiency, utilization=utilization)
     if json_out:
         typer.echo(json.dumps({"goal": goal, "rows": rows}, indent=2, default=str))
         return
-    typer.echo(f"goal: {goal} at {sc.arrival.rate:g} req/s; {model} {precision}, tp={tp}; "
-               "roofline extrapolation" + (" calibrated on this machine" if calibrate else ""))
+    typer.echo(f"goal: {goal} at {sc.arrival.rate:g} req/s, sized for {utilization:g} "
+               f"utilization; {model} {precision}; roofline extrapolation"
+               + (" calibrated on this machine" if calibrate else ""))
     for r in rows:
         if r["replicas"] is None:
             typer.echo(f"  {r['hardware']:>10}: -  ({r['why'].splitlines()[0]})")
         else:
-            typer.echo(f"  {r['hardware']:>10}: {r['replicas']} replicas x {tp} GPU, "
-                       f"${r['cost_per_hour']:.2f}/h, ${r['cost_per_month']:,.0f}/month")
+            typer.echo(f"  {r['hardware']:>10}: {r['replicas']} replicas x {r['tp']} GPU = "
+                       f"{r['gpus']} GPUs, ${r['cost_per_hour']:.2f}/h, "
+                       f"${r['cost_per_month']:,.0f}/month")
+            if r.get("note"):
+                typer.echo(f"  {'':>10}  note: {r['note']}")
 
 
 @app.command()

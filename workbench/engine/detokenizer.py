@@ -17,6 +17,7 @@ class IncrementalDetokenizer:
     prefix_offset: int = 0
     read_offset: int = 0
     text: str = ""
+    sent: int = 0  # characters of `text` already streamed (the engine holds back stop prefixes)
 
     def __post_init__(self) -> None:
         # Start a few tokens back into the prompt so the first output token decodes in context.

@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterator
 from workbench.engine.block_manager import BlockManager
 from workbench.engine.config import EngineConfig
 from workbench.engine.detokenizer import IncrementalDetokenizer
-from workbench.engine.kv_cache import allocate_kv_cache, num_blocks_for
+from workbench.engine.kv_cache import allocate_kv_cache, free_memory
 from workbench.engine.outputs import RequestMetrics, RequestOutput
 from workbench.engine.runner import ModelRunner
-from workbench.engine.sampling_params import SamplingParams
-from workbench.engine.scheduler import Scheduler, SchedulerConfig
+from workbench.engine.sampling_params import SamplingParams, require_utf8
+from workbench.engine.scheduler import Scheduler
 from workbench.engine.sequence import Sequence
+from workbench.engine.sizing import ModelFacts, default_kv_budget, size_engine, uses_memory_budget
 from workbench.engine.telemetry import StepRecord, step_record
 from workbench.progress import progress_bar
 
@@ -29,23 +30,20 @@ class LLMEngine:
         self.config = config
         self.model_path = model_path
         self.clock = clock
-        self.max_model_len = config.max_model_len or model_config.max_position_embeddings
-        if not config.enable_chunked_prefill and config.max_num_batched_tokens < self.max_model_len:
-            raise ValueError(
-                f"max_num_batched_tokens: must be >= max_model_len ({self.max_model_len}) when "
-                f"enable_chunked_prefill is False, got {config.max_num_batched_tokens}")
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
-        self.num_kv_blocks = num_blocks_for(
-            model_config, config.block_size, self.dtype, self.device, config.num_kv_blocks,
-            config.kv_cache_memory, config.max_num_seqs, self.max_model_len)
+        budget = (default_kv_budget(free_memory(self.device)) if uses_memory_budget(config)
+                  else None)
+        facts = ModelFacts(model_config.kv_bytes_per_token(self.dtype.itemsize),
+                           model_config.max_position_embeddings, model_config.eos_token_ids,
+                           budget)
+        sizing = size_engine(config, facts)
+        self.max_model_len = sizing.scheduler.max_model_len
+        self.num_kv_blocks = sizing.num_kv_blocks
         self.kv_caches = allocate_kv_cache(model_config, self.num_kv_blocks, config.block_size,
                                            self.dtype, self.device)
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size)
-        self.scheduler = Scheduler(
-            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
-                            config.enable_chunked_prefill, model_config.eos_token_ids),
-            self.block_manager)
+        self.scheduler = Scheduler(sizing.scheduler, self.block_manager)
         self.runner = ModelRunner(model, self.kv_caches, config.block_size, config.seed)
         self.telemetry: list[StepRecord] = []
         self._detok: dict[str, IncrementalDetokenizer] = {}
@@ -69,6 +67,7 @@ class LLMEngine:
                 raise ValueError("prompt: must not be empty")
             if self.tokenizer is None:
                 raise ValueError("prompt: this checkpoint has no tokenizer; pass token ids")
+            require_utf8("prompt", prompt)
             return list(self.tokenizer(prompt)["input_ids"])
         if not isinstance(prompt, list | tuple) or not prompt:
             raise ValueError("prompt: must be a non-empty string or list of token ids")
@@ -91,9 +90,10 @@ class LLMEngine:
         ids = self.encode(prompt)
         seq = Sequence(request_id, ids, len(ids), params,
                        self.clock() if arrival_time is None else arrival_time, priority)
+        detok = IncrementalDetokenizer(self.tokenizer, len(ids))  # before any state changes
         self.scheduler.add(seq)  # raises RequestRejected (a ValueError) if it can never fit
         self._live[request_id] = seq
-        self._detok[request_id] = IncrementalDetokenizer(self.tokenizer, len(ids))
+        self._detok[request_id] = detok
         return request_id
 
     def abort(self, request_id: str) -> RequestOutput | None:
@@ -101,7 +101,8 @@ class LLMEngine:
         if seq is None:
             return None
         self.scheduler.finish(seq, "abort", self.clock())
-        return self._output(seq, [], "")
+        detok = self._detok[request_id]
+        return self._output(seq, [], self._release(detok, seq.params.stop, True))
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -133,14 +134,23 @@ class LLMEngine:
             tail_from = max(0, len(detok.text) - len(delta) - max(map(len, stops)) + 1)
             hits = [i for s in stops if (i := detok.text.find(s, tail_from)) != -1]
             if hits:
-                cut = min(hits)
-                delta = delta[: max(0, len(delta) - (len(detok.text) - cut))]
-                detok.text = detok.text[:cut]
+                detok.text = detok.text[: min(hits)]
                 if seq.is_finished:  # the same token also hit max_tokens: the stop string wins
                     seq.finish_reason = "stop"
                 else:
                     self.scheduler.finish(seq, "stop", now)
-        return self._output(seq, [token], delta)
+        return self._output(seq, [token], self._release(detok, stops, seq.is_finished))
+
+    @staticmethod
+    def _release(detok: IncrementalDetokenizer, stops: list[str] | None, final: bool) -> str:
+        """The text not yet streamed, less a tail that could still grow into a stop string:
+        streamed text cannot be taken back when the match completes a token later."""
+        end = len(detok.text)
+        if stops and not final:
+            end -= _stop_prefix_len(detok.text, stops)
+        delta = detok.text[detok.sent : end]
+        detok.sent = max(detok.sent, end)
+        return delta
 
     def _output(self, seq: Sequence, new_ids: list[int], new_text: str) -> RequestOutput:
         if seq.is_finished:
@@ -148,8 +158,9 @@ class LLMEngine:
             detok = self._detok.pop(seq.request_id)
         else:
             detok = self._detok[seq.request_id]
+        # `text` is what has been streamed so far: a held-back stop prefix is not shown yet.
         return RequestOutput(seq.request_id, seq.prompt_token_ids, seq.output_token_ids, new_ids,
-                             detok.text, new_text, seq.is_finished, seq.finish_reason,
+                             detok.text[: detok.sent], new_text, seq.is_finished, seq.finish_reason,
                              RequestMetrics.of(seq), seq.token_times)
 
     # -- conveniences ------------------------------------------------------------------------
@@ -198,3 +209,15 @@ class LLMEngine:
         finally:
             if not finished:
                 self.abort(rid)
+
+
+def _stop_prefix_len(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that is the start of a stop string (not all of it:
+    a whole match has already cut the text)."""
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:k]):
+                longest = k
+                break
+    return longest

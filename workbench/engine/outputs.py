@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from workbench.engine.sequence import Sequence
+from workbench.traffic.metrics import request_record
 
 
 @dataclass(slots=True)
 class RequestMetrics:
     """The per-request record of the design contract (times on the engine's monotonic clock).
 
-    TTFT = first token - arrival; TPOT = (E2E - TTFT) / (output - 1) for output > 1;
-    ITL mean = mean gap between successive tokens (vLLM serving-benchmark definitions).
+    The arithmetic (TTFT, TPOT, ITL with vLLM's definitions) is `request_record` in
+    workbench/traffic/metrics.py, its one home; this dataclass only carries the result.
     """
 
     request_id: str
@@ -32,16 +33,10 @@ class RequestMetrics:
 
     @classmethod
     def of(cls, seq: Sequence) -> RequestMetrics:
-        times = seq.token_times
-        first = times[0] if times else None
-        n = len(times)
-        ttft = first - seq.arrival if first is not None else None
-        e2e = seq.finish - seq.arrival if seq.finish is not None else None
-        tpot = (e2e - ttft) / (n - 1) if (e2e is not None and ttft is not None and n > 1) else None
-        itl = (times[-1] - times[0]) / (n - 1) if n > 1 else None
-        return cls(seq.request_id, seq.arrival, seq.first_scheduled, first, seq.finish,
-                   seq.num_prompt_tokens, seq.num_output_tokens, seq.finish_reason, ttft, tpot,
-                   e2e, itl, seq.cached_prompt_tokens, seq.preemptions)
+        return cls(**request_record(
+            seq.request_id, seq.arrival, seq.first_scheduled, seq.token_times, seq.finish,
+            seq.num_prompt_tokens, seq.finish_reason, seq.cached_prompt_tokens,
+            seq.preemptions, output_tokens=seq.num_output_tokens))
 
     def as_dict(self) -> dict:
         return asdict(self)

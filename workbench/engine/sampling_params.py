@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Temperatures below this sample as greedy: logits / 1e-39 overflow float32 to inf, the softmax
+# turns to NaN and argmax returns token 0; far above that, such a temperature is already an
+# argmax in all but exact ties (vLLM uses the same cut-off).
+GREEDY_TEMPERATURE = 1e-5
+
 
 @dataclass(slots=True)
 class SamplingParams:
     max_tokens: int = 16
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # 0 (or below GREEDY_TEMPERATURE) = greedy
     top_k: int = 0  # 0 or -1 = off
     top_p: float = 1.0
     seed: int | None = None  # per-request seed: reproducible whatever else is in the batch
@@ -33,6 +38,8 @@ class SamplingParams:
             self.stop = [self.stop]
         if self.stop is not None and any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop: must be non-empty strings, got {self.stop!r}")
+        for s in self.stop or ():
+            require_utf8("stop", s)
         if self.stop_token_ids is not None and any(
             not isinstance(t, int) or t < 0 for t in self.stop_token_ids
         ):
@@ -41,4 +48,14 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
+
+
+def require_utf8(field: str, text: str) -> None:
+    """Reject text that cannot be encoded (a lone surrogate such as "\\ud800" from JSON): the
+    tokenizer would raise a TypeError deep inside instead of a ValueError naming the field."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{field}: not valid Unicode text ({e.reason} at character {e.start})"
+                         ) from None

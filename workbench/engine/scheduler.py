@@ -3,13 +3,15 @@
 Every step has a token budget (`max_num_batched_tokens`). Running sequences are served first,
 in admission order: a decode needs one token, a sequence still prefilling takes a chunk of what
 is left of the budget. Waiting sequences are then admitted first-come first-served while the
-budget, `max_num_seqs` and free KV blocks allow. When blocks run out, the most recently
+budget, `max_num_seqs` and free KV blocks allow (keeping a small watermark of blocks free for
+the running sequences to grow into). When blocks run out, the most recently
 admitted running sequence is preempted: its blocks are freed and it goes back to the front of
 the queue to be recomputed later (prompt + the tokens it had produced), so it resumes exactly.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -28,6 +30,10 @@ class SchedulerConfig:
     max_model_len: int
     enable_chunked_prefill: bool = True
     eos_token_ids: tuple[int, ...] = ()
+    # Share of the pool kept free when admitting while others run (vLLM's watermark, 0.01):
+    # a prompt admitted into the very last blocks is preempted by the next decode that needs a
+    # block, its prefill wasted.
+    kv_watermark: float = 0.01
 
 
 @dataclass(slots=True)
@@ -62,6 +68,7 @@ class Scheduler:
         self.block_manager = block_manager
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.watermark_blocks = math.ceil(config.kv_watermark * block_manager.num_blocks)
 
     # -- admission ---------------------------------------------------------------------------
     def check_request(self, num_prompt_tokens: int, max_tokens: int) -> None:
@@ -131,7 +138,10 @@ class Scheduler:
                 if not self.config.enable_chunked_prefill:
                     break
                 n = budget
-            if not bm.can_allocate(seq, n):
+            # Alone in the pool a sequence can take every block: check_request made sure it
+            # fits whole, so there is nobody to preempt and nothing to keep free for.
+            reserve = self.watermark_blocks if self.running else 0
+            if bm.blocks_needed(seq, n) + reserve > bm.num_free_blocks:
                 break  # FCFS: nobody overtakes the head of the queue
             self.waiting.popleft()
             bm.allocate(seq, n)

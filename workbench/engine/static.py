@@ -23,6 +23,7 @@ class StaticBatcher:
             raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
         self.engine = engine  # borrows its model runner and KV cache; do not run both at once
         self.batch_size = batch_size
+        self.num_steps = 0  # model forward passes run, to compare with the engine's steps
 
     def generate(self, prompts,
                  params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:
@@ -46,7 +47,8 @@ class StaticBatcher:
         eng = self.engine
         bm = BlockManager(eng.num_kv_blocks, eng.config.block_size)
         steps = max(s.params.max_tokens for s in batch)
-        longest = max(s.num_prompt_tokens for s in batch) + steps  # the padded length
+        # The padded length; a finished member's padding stops at max_model_len (see below).
+        longest = min(max(s.num_prompt_tokens for s in batch) + steps, eng.max_model_len)
         if sum(bm.blocks_for(longest) for _ in batch) > bm.num_blocks:
             raise ValueError(f"batch_size: {len(batch)} padded sequences of {longest} tokens do "
                              f"not fit the KV pool of {bm.num_blocks} blocks")
@@ -56,10 +58,15 @@ class StaticBatcher:
         for step in range(steps):
             scheduled = []
             for s in batch:
+                if s.num_tokens > eng.max_model_len:
+                    # Padding past the model's positions (the RoPE table ends there) would
+                    # crash; a static server reserves max_model_len per slot and stops there.
+                    continue
                 n = s.num_uncomputed_tokens
                 bm.allocate(s, n)
                 scheduled.append(ScheduledSeq(s, n, True, step > 0))
             tokens = eng.runner.execute(scheduled)
+            self.num_steps += 1
             t = eng.clock()
             for sch, token in zip(scheduled, tokens, strict=True):
                 s = sch.seq

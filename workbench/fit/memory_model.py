@@ -42,10 +42,12 @@ def measure_step_peak(engine, batched_tokens: int, repeats: int = 3) -> int | No
     from workbench.engine.sampling_params import SamplingParams
     from workbench.engine.scheduler import ScheduledSeq
     from workbench.engine.sequence import Sequence
+    from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
 
     ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
     vocab = engine.model_config.vocab_size
-    ids = [3 + i % (vocab - 3) for i in range(batched_tokens)]
+    first = FIRST_ORDINARY_TOKEN_ID
+    ids = [first + i % (vocab - first) for i in range(batched_tokens)]
     seq = Sequence("memory-probe", ids, len(ids), SamplingParams(max_tokens=1), 0.0)
     engine.block_manager.allocate(seq, len(ids))
     step = [ScheduledSeq(seq, len(ids), True, False)]

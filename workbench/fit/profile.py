@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from workbench.engine import SamplingParams
+from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
 
 
 def profile_plan(max_num_seqs: int, max_tokens_per_step: int, max_context: int) -> list[dict]:
@@ -26,20 +27,24 @@ def profile_plan(max_num_seqs: int, max_tokens_per_step: int, max_context: int) 
     return plan
 
 
-def run_profile(engine, decode_steps: int = 8, seed: int = 0, progress=None) -> None:
-    """Run the plan on `engine`; the steps land in `engine.telemetry`."""
+def run_profile(engine, decode_steps: int = 8, seed: int = 0, progress=None) -> list[int]:
+    """Run the plan on `engine`; the steps land in `engine.telemetry`. Returns the plan case
+    of every step (the fit holds out whole cases: steps within one are near-identical)."""
     rng = np.random.default_rng(seed)
     cfg = engine.config
     vocab = engine.model_config.vocab_size
+    low = FIRST_ORDINARY_TOKEN_ID  # random prompts, special tokens excluded
     plan = profile_plan(cfg.max_num_seqs, cfg.max_num_batched_tokens, engine.max_model_len)
+    cases: list[int] = []
     for i, case in enumerate(plan):
+        first_step = len(engine.telemetry)
         ids = []
         for j in range(case["decodes"]):
             ctx = case["context"]
             if case.get("spread"):  # mixed lengths decorrelate total from padded context
                 ctx = int(rng.integers(max(1, ctx // 8), ctx + 1))
             rid = f"p{i}-{j}"
-            engine.add_request(rid, rng.integers(3, vocab, size=ctx).tolist(), SamplingParams(
+            engine.add_request(rid, rng.integers(low, vocab, size=ctx).tolist(), SamplingParams(
                 max_tokens=decode_steps + 2, temperature=0, ignore_eos=True))
             ids.append(rid)
         while ids and any(engine.scheduler.find(r) and engine.scheduler.find(r)
@@ -47,7 +52,7 @@ def run_profile(engine, decode_steps: int = 8, seed: int = 0, progress=None) -> 
             engine.step()  # prefill the decoders (recorded too: multi-sequence prefills)
         if case.get("prefill"):
             rid = f"p{i}-prefill"
-            engine.add_request(rid, rng.integers(3, vocab, size=case["prefill"]).tolist(),
+            engine.add_request(rid, rng.integers(low, vocab, size=case["prefill"]).tolist(),
                                SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
             ids.append(rid)
         for _ in range(decode_steps):
@@ -55,8 +60,10 @@ def run_profile(engine, decode_steps: int = 8, seed: int = 0, progress=None) -> 
                 engine.step()
         for rid in ids:
             engine.abort(rid)
+        cases += [i] * (len(engine.telemetry) - first_step)
         if progress is not None:
             progress.update(1)
+    return cases
 
 
 def profile_model(model: str, engine_config: dict | None = None, out="runs",
@@ -66,28 +73,25 @@ def profile_model(model: str, engine_config: dict | None = None, out="runs",
 
     from workbench.engine import EngineConfig, LLMEngine, telemetry_frame
     from workbench.progress import progress_bar
-    from workbench.traffic.run import describe_engine
-    from workbench.traffic.runs import environment, new_run_id, requests_frame, write_run
+    from workbench.traffic.run_scenario import describe_engine
+    from workbench.traffic.run_store import records_frame, store_run
 
     engine = LLMEngine.from_pretrained(model, EngineConfig.from_dict(engine_config or {}))
     cfg = engine.config
     plan = profile_plan(cfg.max_num_seqs, cfg.max_num_batched_tokens, engine.max_model_len)
     bar = progress_bar(len(plan), progress, "profile", unit="case")
     started = dt.datetime.now(dt.UTC).isoformat()
-    run_profile(engine, seed=seed, progress=bar)
+    cases = run_profile(engine, seed=seed, progress=bar)
     bar.close()
     memory = _memory_section(engine)  # after the timed steps: it retunes the allocator
-    steps = telemetry_frame(engine)
+    steps = telemetry_frame(engine).assign(case=cases)
     t0 = steps["t_start"].min()
     steps[["t_start", "t_end"]] -= t0
     from pathlib import Path
 
-    run_id = new_run_id(f"profile-{Path(str(model)).name}")
-    manifest = {"run_id": run_id, "kind": "profile", "started": started, "hardware": hardware,
-                "target": describe_engine(engine, model), "num_cases": len(plan),
-                "memory": memory,
-                **environment()}
-    return write_run(out, run_id, requests_frame([]), steps, manifest)
+    return store_run(out, f"profile-{Path(str(model)).name}", "profile", records_frame([]),
+                     steps, started, hardware=hardware, target=describe_engine(engine, model),
+                     num_cases=len(plan), memory=memory)
 
 
 def _memory_section(engine) -> dict:

@@ -2,7 +2,8 @@
 
 Coefficients stay non-negative so each reads as a cost (seconds per unit of a feature); rows
 are weighted by 1/time so the fit minimises relative error, which is what percentiles of TTFT
-and TPOT are sensitive to. Validation is on held-out steps.
+and TPOT are sensitive to. Validation is on held-out steps: whole profile cases or runs (see
+`holdout_split`), never neighbours of training steps.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ class StepTimeModel:
         lines = [f"{name:>22}: {self.coefficients[name]:.3e} {units[name]}" for name in FEATURES]
         v = self.validation
         if v:
+            whole = f", whole {v['split_by']}" if "split_by" in v else ""
             lines.append(f"held-out: R² {v['r2']:.3f}, MAPE {v['mape'] * 100:.1f}% "
-                         f"({v['n_test']} of {v['n_train'] + v['n_test']} steps)")
+                         f"({v['n_test']} of {v['n_train'] + v['n_test']} steps{whole})")
             for name, alt in v.get("alternatives", {}).items():
                 lines.append(f"  vs {name}: R² {alt['r2']:.3f}, MAPE {alt['mape'] * 100:.1f}%")
         return "\n".join(lines)
@@ -99,6 +101,38 @@ def _boosted_scores(x, y, train, test, seed: int) -> dict:
     return _scores(y[test], gbm.predict(x[test]))
 
 
+BLOCK_STEPS = 32  # held-out unit when steps carry no case or run: up to this many in a row
+
+
+def holdout_split(steps, holdout: float = 0.2, seed: int = 0):
+    """(train row positions, test row positions, what was split by), holding out whole groups.
+
+    Neighbouring steps of one profile case (or one stretch of a run) are near-identical, so a
+    split by random step scores the fit on near-copies of its training rows. Groups are the
+    profile's `case` (within its `run`), else the `run`, else blocks of (up to) BLOCK_STEPS
+    consecutive steps; groups are drawn at random until `holdout` of the steps are held out.
+    Needs at least two steps."""
+    keys = [c for c in ("run", "case") if c in steps.columns]
+    if keys and steps[keys].drop_duplicates().shape[0] >= 2:
+        groups = steps.groupby(keys, sort=False).ngroup().to_numpy()
+        split_by = "+".join(keys)
+    else:
+        block = min(BLOCK_STEPS, max(1, len(steps) // 10))  # short runs: still ten groups
+        groups = np.arange(len(steps)) // block
+        split_by = f"blocks of {block} steps"
+    labels = np.unique(groups)
+    order = np.random.default_rng(seed).permutation(labels)
+    sizes = np.bincount(groups)
+    held, total = [], 0
+    for g in order[:-1]:  # at least one group stays for training
+        if total >= holdout * len(steps):
+            break
+        held.append(g)
+        total += sizes[g]
+    is_test = np.isin(groups, held)
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test), split_by
+
+
 def fit_step_model(steps, model_info: dict, engine_info: dict, hardware: str | None = None,
                    seed: int = 0, holdout: float = 0.2,
                    sources: list[str] | None = None) -> StepTimeModel:
@@ -110,12 +144,11 @@ def fit_step_model(steps, model_info: dict, engine_info: dict, hardware: str | N
         raise ValueError(f"steps: {len(y)} steps are too few to fit {len(FEATURES)} "
                          "coefficients; profile or run more traffic")
     x = feature_matrix(steps)
-    order = np.random.default_rng(seed).permutation(len(y))
-    n_test = max(1, int(len(y) * holdout))
-    test, train = order[:n_test], order[n_test:]
+    train, test, split_by = holdout_split(steps, holdout, seed)
+    n_test = len(test)
     coef = _nnls_relative(x[train], y[train])
     validation = {**_scores(y[test], x[test] @ coef), "n_train": int(len(train)),
-                  "n_test": int(n_test),
+                  "n_test": int(n_test), "split_by": split_by,
                   "alternatives": {"gradient-boosting": _boosted_scores(x, y, train, test, seed)}}
     coef = _nnls_relative(x, y)
     gaps = (steps["t_start"].to_numpy()[1:] - steps["t_end"].to_numpy()[:-1])

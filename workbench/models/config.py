@@ -63,8 +63,7 @@ class ModelConfig:
         window = cfg.get("sliding_window")
         if arch == "Qwen2ForCausalLM" and not cfg.get("use_sliding_window", False):
             window = None
-        eos = cfg.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+        eos_ids = _as_ids(cfg.get("eos_token_id"))
         return cls(
             architecture=arch,
             hidden_size=cfg["hidden_size"],
@@ -90,8 +89,24 @@ class ModelConfig:
 
     @classmethod
     def from_dir(cls, path: Path) -> ModelConfig:
-        return cls.from_dict(json.loads((Path(path) / "config.json").read_text()))
+        """config.json, with generation_config.json's eos_token_id merged into the EOS set:
+        instruct checkpoints name their end-of-turn token only there (Llama 3's <|eot_id|>),
+        and transformers' generate stops on it too."""
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        gen_file = Path(path) / "generation_config.json"
+        if gen_file.exists():
+            extra = _as_ids(json.loads(gen_file.read_text()).get("eos_token_id"))
+            own = _as_ids(cfg.get("eos_token_id"))
+            cfg["eos_token_id"] = list(own) + [t for t in extra if t not in own]
+        return cls.from_dict(cfg)
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """K and V for every layer: 2 x layers x KV heads x head dim x bytes."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+
+
+def _as_ids(value) -> tuple[int, ...]:
+    """An eos_token_id entry (an int, a list of ints, or absent) as a tuple."""
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, list) else (value,)

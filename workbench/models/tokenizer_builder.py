@@ -10,6 +10,8 @@ from pathlib import Path
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>"]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+# The first id that is no special token: random prompts and placeholder tokens start here.
+FIRST_ORDINARY_TOKEN_ID = len(SPECIAL_TOKENS)
 _TRAINING_BYTES = 5_000_000
 
 

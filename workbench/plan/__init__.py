@@ -1,7 +1,8 @@
 """Planning calculators: catalogs, analytic memory, roofline, cost and decision trees.
 
 Pure functions shared by notebooks, widgets, the simulator and `workbench plan`. Importing this
-package does not import torch (only measure_cpu and the embedded presets do, lazily).
+package does not import torch (only measure_hardware / measure_cpu and the embedded
+presets do, lazily).
 """
 
 from workbench.plan.budget import (
@@ -21,7 +22,14 @@ from workbench.plan.cost import (
     routing_cost,
 )
 from workbench.plan.frameworks import FRAMEWORKS, feature_matrix
-from workbench.plan.hardware import Hardware, get_hardware, hardware_catalog, measure_cpu
+from workbench.plan.hardware import (
+    Hardware,
+    add_hardware_file,
+    get_hardware,
+    hardware_catalog,
+    measure_cpu,
+    measure_hardware,
+)
 from workbench.plan.memory import (
     active_param_count,
     bits_per_weight,
@@ -47,6 +55,7 @@ from workbench.plan.trees import TREES, evaluate, iter_paths, recommend
 __all__ = [
     "DEFAULT_EFFICIENCY", "FRAMEWORKS", "MODELS", "PEAK", "TREES", "Efficiency", "Hardware",
     "MemoryPlan", "ModelArch", "ModelDoesNotFitError", "Route", "active_param_count",
+    "add_hardware_file", "measure_hardware",
     "arch_from_hf_config", "bits_per_weight", "cost_from_simulation", "cost_per_million_tokens",
     "critical_batch", "decode_step", "decode_throughput_bound", "efficiency_from_measurement",
     "evaluate", "feature_matrix", "get_hardware", "get_model", "gpu_seconds_per_token",

@@ -8,14 +8,15 @@ import typer
 
 from workbench.cli_errors import user_errors
 from workbench.plan import cli_trees, render
-from workbench.plan.roofline import DEFAULT_EFFICIENCY
+from workbench.plan.cli_options import Gpu, HardwareFile
+from workbench.plan.cost import DEFAULT_UTILIZATION
+from workbench.plan.step_cost import DEFAULT_EFFICIENCY
 
 plan_app = typer.Typer(help="Planning calculators: memory, roofline, cost and decision trees.",
                        no_args_is_help=True)
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Model = Annotated[str, typer.Option(help="Catalog model, embedded preset or checkpoint dir.")]
-Gpu = Annotated[str, typer.Option(help="Hardware catalog entry, e.g. h100-sxm, a100-80gb, l4.")]
 Precision = Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | fp8 | int8 | int4")]
 
 
@@ -33,23 +34,20 @@ def memory(model: Model = "llama-2-7b", gpu: Gpu = "h100-sxm", precision: Precis
            tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs.")] = 1,
            reserve: Annotated[float, typer.Option(help="Share of GPU memory held back.")] = 0.10,
            group_size: Annotated[int, typer.Option(help="INT4 group size.")] = 128,
-           as_json: Json = False):
-    """Weights, KV per request and how many sequences fit."""
-    from workbench.plan.budget import max_concurrent_seqs, memory_plan
+           hardware_file: HardwareFile = None, as_json: Json = False):
+    """Weights, KV per request (per GPU and per replica), how many sequences fit, and the
+    smallest tensor-parallel size that holds the model when it does not fit."""
     from workbench.plan.hardware import get_hardware
-    from workbench.plan.memory import weight_bytes
     from workbench.plan.models_catalog import get_model
+    from workbench.plan.replica import by_precision, memory_answer
 
     m, hw = get_model(model), get_hardware(gpu)
-    plan = memory_plan(m, hw, precision, context, kv_dtype, tp, reserve, group_size)
-    others = [{"precision": p, "weights_gb": weight_bytes(m, p, group_size) / 1e9,
-               "max_seqs": max_concurrent_seqs(m, hw, p, plan.context,
-                                               "auto" if kv_dtype == "auto" else kv_dtype, tp,
-                                               reserve, group_size)}
-              for p in ("bf16", "fp8", "int8", "int4")]
-    data = {**plan.as_dict(), "by_precision": others}
-    _out(as_json, data, render.kv_table(plan.as_dict(), f"memory: {m.name} on {tp} x {hw.name}")
-         + "\n\n" + render.rows_table(others, "by weight precision:"))
+    answer = memory_answer(m, hw, precision, context, kv_dtype, tp, reserve, group_size)
+    others = by_precision(m, hw, answer["context"], kv_dtype, tp, reserve, group_size)
+    shown = {k: v for k, v in answer.items() if k not in ("at_min_tp", "advice")}
+    _out(as_json, {**answer, "by_precision": others},
+         render.kv_table(shown, f"memory: {m.name} on {tp} x {hw.name}")
+         + f"\n\n{answer['advice']}\n\n" + render.rows_table(others, "by weight precision:"))
 
 
 @plan_app.command()
@@ -59,6 +57,7 @@ def roofline(model: Model = "llama-2-7b", gpu: Gpu = "h100-sxm", precision: Prec
              context: Annotated[int, typer.Option(help="Cached tokens per sequence.")] = 1024,
              prompt: Annotated[int, typer.Option(help="Prompt tokens for prefill.")] = 512,
              tp: int = 1,
+             hardware_file: HardwareFile = None,
              memory_efficiency: Annotated[float, typer.Option(help="Achieved/peak bandwidth.")
                                           ] = DEFAULT_EFFICIENCY.memory,
              compute_efficiency: Annotated[float, typer.Option(help="Achieved/peak FLOPs.")
@@ -115,7 +114,9 @@ def cost(requests_per_month: Annotated[float, typer.Option(help="Requests per mo
          price: Annotated[float | None, typer.Option(help="$ per GPU-hour (overrides --gpu).")
                           ] = None,
          gpu: Annotated[str | None, typer.Option(help="Take the price from this entry.")] = None,
-         utilization: Annotated[float, typer.Option(help="Target average busy share.")] = 0.6,
+         hardware_file: HardwareFile = None,
+         utilization: Annotated[float, typer.Option(help="Target average busy share.")
+                                ] = DEFAULT_UTILIZATION,
          route: Annotated[list[str] | None, typer.Option(
              help="Model routing: NAME:SHARE:COST_PER_REQUEST:QUALITY (repeat).")] = None,
          as_json: Json = False):

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from workbench.plan import render
+from workbench.plan.cli_options import Gpu, HardwareFile
 
 Opt = typer.Option
 
@@ -30,7 +31,14 @@ def register(app: typer.Typer, user_errors, out) -> None:
         latency: Annotated[str | None, Opt(help="lowest | standard")] = None,
         ops_complexity: Annotated[str | None, Opt(help="low | high")] = None,
         multi_model: Annotated[str | None, Opt(help="yes | no")] = None,
-        concurrency: Annotated[str | None, Opt(help="low | high")] = None,
+        concurrency: Annotated[str | None, Opt(
+            help="low | high: requests in flight (or give --requests-per-s and --latency-s)")
+                               ] = None,
+        requests_per_s: Annotated[float | None, Opt(
+            help="Arrival rate; with --latency-s gives requests in flight (Little's law).")
+                                  ] = None,
+        latency_s: Annotated[float | None, Opt(
+            help="Seconds a request spends in the server (queue + prefill + decode).")] = None,
         hf_integration: Annotated[str | None, Opt(help="required | not_needed")] = None,
         matrix: Annotated[bool, Opt(help="Print the framework feature matrix.")] = False,
         as_json: Annotated[bool, Opt("--json")] = False,
@@ -45,15 +53,29 @@ def register(app: typer.Typer, user_errors, out) -> None:
         answers = dict(use=use, packaging=packaging, hardware_vendor=hardware_vendor,
                        latency=latency, ops_complexity=ops_complexity, multi_model=multi_model,
                        concurrency=concurrency, hf_integration=hf_integration)
+        facts = None
+        if requests_per_s is not None or latency_s is not None:
+            from workbench.plan.trees.answers import framework_answers
+
+            if requests_per_s is None or latency_s is None:
+                missing = "requests_per_s" if requests_per_s is None else "latency_s"
+                raise ValueError(f"{missing}: give --requests-per-s and --latency-s together "
+                                 "(requests in flight = rate x latency)")
+            if concurrency is not None:
+                raise ValueError("concurrency: give it or --requests-per-s with --latency-s, "
+                                 "not both")
+            derived, facts = framework_answers(requests_per_s, latency_s)
+            answers |= derived
         extra = "\n\n" + render.rows_table(rows, "feature matrix:") if matrix else ""
-        _show(out, as_json, "framework", answers, extra=extra,
+        _show(out, as_json, "framework", answers, facts, extra=extra,
               extra_data={"feature_matrix": rows} if matrix else None)
 
     @app.command()
     @user_errors
     def quantization(
         model: Annotated[str, Opt(help="Catalog model, preset or checkpoint dir.")] = "llama-2-7b",
-        gpu: Annotated[str, Opt(help="Hardware catalog entry.")] = "h100-sxm",
+        gpu: Gpu = "h100-sxm",
+        hardware_file: HardwareFile = None,
         gpus: Annotated[int, Opt(help="GPUs (tensor parallel) available.")] = 1,
         context: Annotated[int, Opt(help="Tokens per sequence.")] = 4096,
         concurrency: Annotated[int, Opt(help="Sequences that must fit at once.")] = 1,
@@ -73,7 +95,8 @@ def register(app: typer.Typer, user_errors, out) -> None:
     @user_errors
     def parallelism(
         model: Annotated[str, Opt(help="Catalog model, preset or checkpoint dir.")] = "llama-2-70b",
-        gpu: Annotated[str, Opt(help="Hardware catalog entry.")] = "h100-sxm",
+        gpu: Gpu = "h100-sxm",
+        hardware_file: HardwareFile = None,
         precision: Annotated[str, Opt(help="Weight precision.")] = "bf16",
         context: Annotated[int, Opt(help="Tokens per sequence.")] = 4096,
         batch: Annotated[int, Opt(help="Sequences that must fit at once.")] = 1,
@@ -96,7 +119,8 @@ def register(app: typer.Typer, user_errors, out) -> None:
     @user_errors
     def caching(
         model: Annotated[str, Opt(help="Catalog model, preset or checkpoint dir.")] = "llama-2-7b",
-        gpu: Annotated[str, Opt(help="Hardware catalog entry.")] = "h100-sxm",
+        gpu: Gpu = "h100-sxm",
+        hardware_file: HardwareFile = None,
         repeat_fraction: Annotated[float, Opt(help="Share of exact repeat requests.")] = 0.0,
         shared_prefix_fraction: Annotated[float, Opt(help="Share with a shared prefix.")] = 0.0,
         context: Annotated[int, Opt(help="Tokens per sequence.")] = 4096,

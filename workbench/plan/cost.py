@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from workbench.plan.names import check_non_negative, check_positive
 
 HOURS_PER_MONTH = 730.0  # 8,760 h / 12, the convention of cloud price sheets
+# Target average busy share of always-on capacity: the headroom kept for bursts and for rate
+# forecasts that run short. One default for the calculator, `plan cost` and `plan capacity`.
+DEFAULT_UTILIZATION = 0.7
 
 
 def monthly_cost(requests_per_month: float, tokens_per_request: float,
@@ -45,6 +48,19 @@ def _check_utilization(utilization: float) -> None:
         raise ValueError(f"utilization: must be in (0, 1], got {utilization}")
 
 
+def replicas_needed(demand: float, capacity_per_replica: float,
+                    utilization: float = DEFAULT_UTILIZATION) -> int:
+    """ceil(demand / (one replica's capacity x target utilization)), at least one.
+
+    Any consistent units: requests/s against requests/s per replica, or busy GPU-hours
+    against hours per GPU. The one place replicas (or always-on GPUs) are counted."""
+    check_non_negative(demand=demand)
+    check_positive(capacity_per_replica=capacity_per_replica)
+    _check_utilization(utilization)
+    # The epsilon keeps float noise in an exact ratio (2.0000000001) from buying a replica.
+    return max(1, math.ceil(demand / (capacity_per_replica * utilization) - 1e-9))
+
+
 @dataclass(frozen=True, slots=True)
 class ProvisionedCost:
     busy_gpu_hours: float       # work to do
@@ -56,7 +72,8 @@ class ProvisionedCost:
 
 def provisioned_cost(requests_per_month: float, tokens_per_request: float,
                      gpu_seconds_per_token: float, price_per_gpu_hour: float,
-                     utilization: float = 0.6, hours_per_month: float = HOURS_PER_MONTH
+                     utilization: float = DEFAULT_UTILIZATION,
+                     hours_per_month: float = HOURS_PER_MONTH
                      ) -> ProvisionedCost:
     """Cost of always-on GPUs sized so average busy share = `utilization`."""
     _check_utilization(utilization)
@@ -64,7 +81,7 @@ def provisioned_cost(requests_per_month: float, tokens_per_request: float,
     full = monthly_cost(requests_per_month, tokens_per_request, gpu_seconds_per_token,
                         price_per_gpu_hour)
     busy_hours = requests_per_month * tokens_per_request * gpu_seconds_per_token / 3600
-    gpus = max(1, math.ceil(busy_hours / (hours_per_month * utilization) - 1e-9))
+    gpus = replicas_needed(busy_hours, hours_per_month, utilization)
     return ProvisionedCost(busy_hours, gpus, gpus * hours_per_month * price_per_gpu_hour, full,
                            utilization)
 

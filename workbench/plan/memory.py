@@ -1,12 +1,15 @@
-"""Analytic memory: weight bytes by precision, KV bytes, and how many sequences fit.
+"""Analytic memory: weight bytes by precision and KV bytes per token and per request.
 
-GB here are decimal (1e9 bytes), as GPU spec sheets count them.
+Everything is counted in bytes; outputs named `*_gb` are decimal GB (1e9 bytes). GPU memory
+sizes come from workbench.plan.hardware in bytes (a GPU's "80 GB" is ~80 GiB, not 80e9):
+compare bytes with bytes, never a spec sheet's "GB" with 1e9.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral
 
 from workbench.plan.models_catalog import ModelArch
 
@@ -37,12 +40,18 @@ def bits_per_weight(precision: str, group_size: int = 128, in_features: int | No
     """
     p = canonical_precision(precision)
     if p == "int4":
-        if group_size <= 0:
-            raise ValueError(f"group_size: must be > 0, got {group_size}")
+        check_group_size(group_size)
         return 4 + 8 * 2 * SCALE_BYTES / group_size
     if p == "int8" and in_features:
         return 8 + 8 * SCALE_BYTES / in_features
     return float(WEIGHT_BITS[p])
+
+
+def check_group_size(group_size) -> None:
+    """INT4 groups hold a positive whole number of weights (AWQ / GPTQ use 32, 64 or 128)."""
+    if isinstance(group_size, bool) or not isinstance(group_size, Integral) or group_size < 1:
+        raise ValueError(f"group_size: must be a whole number of weights >= 1 (AWQ / GPTQ use "
+                         f"32, 64 or 128), got {group_size!r}")
 
 
 def _linear_shapes(m: ModelArch) -> list[tuple[int, int, int]]:
@@ -84,6 +93,8 @@ def weight_bytes(m: ModelArch, precision: str = "bf16", group_size: int = 128) -
     Embeddings, lm_head, norms, biases and routers are kept unquantized, as AWQ / GPTQ / vLLM do.
     """
     p = canonical_precision(precision)
+    if p == "int4":
+        check_group_size(group_size)
     base = 4 if p == "fp32" else 2
     total = sum(_other_params(m).values()) * base
     for out_f, in_f, count in _linear_shapes(m):
@@ -149,6 +160,13 @@ class KVEstimate:
     bytes_per_token: int
     bytes_per_request: int
     mha_bytes_per_request: int  # the same model with one KV head per query head
+    tp: int = 1                 # bytes_per_* are per GPU of a group of tp GPUs
+
+    @property
+    def bytes_per_request_replica(self) -> int:
+        """The whole tensor-parallel group's KV bytes for one request: per GPU x tp (KV heads
+        replicated when tp exceeds them count on every GPU that holds them)."""
+        return self.bytes_per_request * self.tp
 
     @property
     def note(self) -> str:
@@ -169,4 +187,4 @@ def kv_estimate(m: ModelArch, context: int, kv_dtype: str = "fp16", tp: int = 1)
     mha = kv_bytes_per_token(m.with_kv_heads(m.num_heads), kv_dtype, tp)
     return KVEstimate(m.name, m.attention_kind, m.num_heads, m.num_kv_heads,
                       canonical_precision(kv_dtype, "kv_dtype", KV_BYTES), context, held,
-                      per_token, per_token * held, mha * held)
+                      per_token, per_token * held, mha * held, tp)

@@ -121,16 +121,36 @@ def arch_from_hf_config(cfg: dict, name: str = "local", source: str = "config.js
     )
 
 
+def _arch_from_file(path: Path, name: str) -> ModelArch:
+    """A config.json read as a ModelArch, or a ValueError that says what `model` should be."""
+    what = (f"model: {name} is not a catalog name or a directory with config.json "
+            f"(catalog: {', '.join(MODELS)})")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what}; {path} is not a readable JSON file "
+                         f"({type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{what}; {path} holds JSON but not a config object")
+    try:
+        return arch_from_hf_config(cfg, name=name, source=f"{path} (local)")
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{what}; {path} is not a decoder config.json ({e})") from None
+
+
 def get_model(name_or_path: str | Path) -> ModelArch:
     """A catalog name, an embedded preset (tiny, small, ...), or a local checkpoint directory /
     config.json path."""
-    path = Path(str(name_or_path)).expanduser()
-    if path.is_dir() and (path / "config.json").exists():
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model: {name} is a directory without a config.json; give a "
+                             f"catalog name ({', '.join(MODELS)}), an embedded preset or a "
+                             "Hugging Face checkpoint directory")
         path = path / "config.json"
     if path.is_file():
-        return arch_from_hf_config(json.loads(path.read_text()), name=str(name_or_path),
-                                   source=f"{path} (local)")
-    name = str(name_or_path)
+        return _arch_from_file(path, name)
     try:
         return lookup("model", name, MODELS, _ALIASES)
     except ValueError:

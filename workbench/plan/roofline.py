@@ -1,9 +1,10 @@
-"""Roofline step time: a step takes the longer of moving its bytes and doing its FLOPs.
+"""Roofline step times of the two phases, and the limits they imply.
 
-decode: every step reads all (active) weights once plus each sequence's KV -> memory-bound at
-small batch; prefill: 2 x active params FLOPs per token plus causal attention -> compute-bound.
-Efficiency factors scale the peaks down to what kernels achieve; replace them with the ones
-measured on the engine (efficiency_from_measurement) to turn the bound into a forecast.
+decode: every step reads the weights once plus each sequence's KV -> memory-bound at small
+batch; prefill: 2 x active params FLOPs per token plus causal attention -> compute-bound.
+The terms and their sources live in workbench.plan.step_cost (the one step-cost model); this
+module asks it about whole-phase batches. Efficiency factors scale the peaks down to what
+kernels achieve; replace them with measured ones (efficiency_from_measurement).
 """
 
 from __future__ import annotations
@@ -11,49 +12,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from workbench.plan.hardware import Hardware
-from workbench.plan.memory import (
-    active_param_count,
-    canonical_precision,
-    kv_dtype_for,
-    kv_estimate,
-    weight_bytes_per_gpu,
-)
 from workbench.plan.models_catalog import ModelArch
 from workbench.plan.names import check_positive
-
-
-@dataclass(frozen=True, slots=True)
-class Efficiency:
-    """Achieved share of peak bandwidth (MBU) and of peak FLOPs (MFU)."""
-
-    memory: float = 0.6
-    compute: float = 0.5
-    source: str = ("defaults: MBU ~0.6 for decode as reported in Databricks' 'LLM Inference "
-                   "Performance Engineering: Best Practices' (2023); MFU 0.5, a conservative "
-                   "figure below the ~0.76 prefill MFU in Pope et al., 'Efficiently Scaling "
-                   "Transformer Inference' (2022)")
-
-    def __post_init__(self) -> None:
-        for name in ("memory", "compute"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise ValueError(f"efficiency.{name}: must be in (0, 1], got {value}")
-
-
-PEAK = Efficiency(1.0, 1.0, "the pure roofline bound: spec-sheet peaks")
-DEFAULT_EFFICIENCY = Efficiency()
-
-
-def efficiency_from_measurement(bound_s: float, measured_s: float) -> float:
-    """Share of the roofline achieved, e.g. engine decode 9.57 ms vs an 8.03 ms bound -> 0.84."""
-    check_positive(bound_s=bound_s, measured_s=measured_s)
-    return min(1.0, bound_s / measured_s)
-
-
-def compute_dtype(precision: str) -> str:
-    """Weight-only int8 / int4 dequantize to 16-bit, so their math runs at the bf16 peak."""
-    p = canonical_precision(precision)
-    return {"fp32": "fp32", "fp16": "fp16", "fp8": "fp8"}.get(p, "bf16")
+from workbench.plan.step_cost import (  # noqa: F401  (re-exported: callers import them here)
+    DEFAULT_EFFICIENCY,
+    DEFAULT_STEP_OVERHEAD_S,
+    PEAK,
+    Batch,
+    Efficiency,
+    StepCost,
+    StepCostModel,
+    compute_dtype,
+    efficiency_from_measurement,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +36,11 @@ class StepTime:
     flops: float             # per GPU
     memory_time_s: float
     compute_time_s: float
+    overhead_s: float = 0.0
 
     @property
     def time_s(self) -> float:
-        return max(self.memory_time_s, self.compute_time_s)
+        return self.overhead_s + max(self.memory_time_s, self.compute_time_s)
 
     @property
     def bound(self) -> str:
@@ -83,65 +55,31 @@ class StepTime:
                 "tokens_per_s": self.tokens_per_s}
 
 
-def _expert_fraction(m: ModelArch, tokens: int) -> float:
-    """Expected share of an MoE layer's experts that `tokens` tokens touch (uniform routing)."""
-    if not m.is_moe:
-        return 1.0
-    untouched = (1 - m.experts_per_token / m.num_experts) ** tokens
-    return 1 - untouched
-
-
-def _weights_read(m: ModelArch, precision: str, tp: int, tokens: int, group_size: int) -> float:
-    total = weight_bytes_per_gpu(m, precision, tp, group_size)
-    if not m.is_moe:
-        return total
-    dense = weight_bytes_per_gpu(_dense_twin(m), precision, tp, group_size)
-    per_expert = (total - dense) / (m.num_experts - 1)
-    return dense - per_expert + per_expert * m.num_experts * _expert_fraction(m, tokens)
-
-
-def _dense_twin(m: ModelArch) -> ModelArch:
-    from dataclasses import replace
-
-    return replace(m, num_experts=1, experts_per_token=1)
-
-
-def _attention_flops(m: ModelArch, query_tokens: int, keys: float) -> float:
-    # QK^T and AV: 2 matmuls x 2 FLOPs per multiply-add, per head and key.
-    return 4 * m.num_layers * m.num_heads * m.head_dim * query_tokens * keys
+def _step(phase: str, batch: int, c: StepCost) -> StepTime:
+    return StepTime(phase, batch, c.tokens, c.bytes_moved, c.flops, c.memory_time_s,
+                    c.compute_time_s, c.overhead_s)
 
 
 def decode_step(m: ModelArch, hw: Hardware, batch: int = 1, context: int = 0,
                 precision: str = "bf16", kv_dtype: str = "auto", tp: int = 1,
-                efficiency: Efficiency = DEFAULT_EFFICIENCY, group_size: int = 128) -> StepTime:
+                efficiency: Efficiency = DEFAULT_EFFICIENCY, group_size: int = 128,
+                overhead_s: float = DEFAULT_STEP_OVERHEAD_S) -> StepTime:
     """One decode step: `batch` sequences each with `context` tokens already cached."""
     check_positive(batch=batch)
     if context < 0:
         raise ValueError(f"context: must be >= 0, got {context}")
-    kv = kv_estimate(m, context, kv_dtype_for(precision, kv_dtype), tp)
-    moved = _weights_read(m, precision, tp, batch, group_size) + batch * kv.bytes_per_request
-    flops = (2 * active_param_count(m) * batch + _attention_flops(m, batch, kv.tokens_held)) / tp
-    peak = hw.peak_flops(compute_dtype(precision))
-    return StepTime("decode", batch, batch, moved, flops,
-                    moved / (hw.bandwidth_bytes_s * efficiency.memory),
-                    flops / (peak * efficiency.compute))
+    model = StepCostModel(m, hw, precision, kv_dtype, tp, efficiency, overhead_s, group_size)
+    return _step("decode", batch, model.cost(Batch.decode(batch, context)))
 
 
 def prefill_step(m: ModelArch, hw: Hardware, prompt_tokens: int, batch: int = 1,
                  precision: str = "bf16", kv_dtype: str = "auto", tp: int = 1,
-                 efficiency: Efficiency = DEFAULT_EFFICIENCY, group_size: int = 128) -> StepTime:
+                 efficiency: Efficiency = DEFAULT_EFFICIENCY, group_size: int = 128,
+                 overhead_s: float = DEFAULT_STEP_OVERHEAD_S) -> StepTime:
     """Prefill of `batch` prompts of `prompt_tokens` each: weights read once, KV written."""
     check_positive(prompt_tokens=prompt_tokens, batch=batch)
-    n = prompt_tokens * batch
-    kv = kv_estimate(m, prompt_tokens, kv_dtype_for(precision, kv_dtype), tp)
-    moved = _weights_read(m, precision, tp, n, group_size) + batch * kv.bytes_per_request
-    # Causal attention: query i attends to i keys, on average half the prompt.
-    attn = _attention_flops(m, n, min(prompt_tokens, kv.tokens_held) / 2)
-    flops = (2 * active_param_count(m) * n + attn) / tp
-    peak = hw.peak_flops(compute_dtype(precision))
-    return StepTime("prefill", batch, n, moved, flops,
-                    moved / (hw.bandwidth_bytes_s * efficiency.memory),
-                    flops / (peak * efficiency.compute))
+    model = StepCostModel(m, hw, precision, kv_dtype, tp, efficiency, overhead_s, group_size)
+    return _step("prefill", batch, model.cost(Batch.prefill(prompt_tokens, batch)))
 
 
 def critical_batch(m: ModelArch, hw: Hardware, context: int = 0, precision: str = "bf16",

@@ -1,23 +1,46 @@
 """A minimal OpenAI-compatible server: POST /v1/completions (SSE streaming or not),
 GET /v1/models, GET /health. The serving issue grows it (chat, auth, limits, /metrics).
 
-A client's mistake is a 400 with an OpenAI-style error body naming the field, never a 500.
+A client's mistake is a 400 with an OpenAI-style error body naming the field, never a 500; an
+engine fault is a 500 for the requests it touched and never stops the server; an engine that
+cannot serve at all makes /health and every completion a fast 503. Clients see the model by
+its name (preset or directory basename), never a local path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import os
 import time
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workbench.engine import SamplingParams
-from workbench.server.worker import EngineFailure, EngineWorker
+from workbench.server.worker import EngineFailure, EngineFault, EngineUnavailable, EngineWorker
+
+GRACEFUL_SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM, then are aborted
+
+
+def _encodable(value):
+    """Text must be encodable as UTF-8: JSON can carry a lone surrogate ("\\ud800") that no
+    tokenizer accepts and no response can echo."""
+    for s in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+        if isinstance(s, str):
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"must be valid Unicode text; unpaired surrogate "
+                                 f"{s[e.start]!a} at position {e.start}") from None
+    return value
 
 
 class CompletionRequest(BaseModel):
@@ -35,15 +58,57 @@ class CompletionRequest(BaseModel):
     stream: bool = False
     stream_options: dict | None = Field(None, description="{include_usage: bool}")
 
+    _text = field_validator("model", "prompt", "stop")(_encodable)
 
-def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+
+def _error(status: int, message: str, param: str | None = None,
+           kind: str = "invalid_request_error") -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {
-        "message": message, "type": "invalid_request_error", "param": param, "code": None}})
+        "message": message, "type": kind, "param": param, "code": None}})
 
 
-def create_app(engine, model_name: str) -> FastAPI:
+def served_name(model: str | os.PathLike) -> str:
+    """What clients call the model: the preset name, else the checkpoint directory's name."""
+    from workbench.models.tiny import PRESETS
+
+    if str(model) in PRESETS:
+        return str(model)
+    return Path(model).expanduser().resolve().name or "model"
+
+
+async def _final(sink: asyncio.Queue):
+    """The finished output (or the EngineFailure) of a non-streaming request."""
+    while True:
+        out = await sink.get()
+        if isinstance(out, EngineFailure) or out.finished:
+            return out
+
+
+async def _disconnected(receive) -> None:
+    """Returns when the client closes the connection (the body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = ()) -> FastAPI:
+    """`model_name` is what /v1/models lists; requests may also name the model by an alias
+    (e.g. the path it was loaded from), which is accepted but never echoed."""
     worker = EngineWorker(engine)
+    model_name = model_name or served_name(engine.model_path or "model")
+    accepted = {model_name, *aliases}
+    paths = sorted({a for a in accepted if os.sep in a}, key=len, reverse=True)
     ids = itertools.count()
+
+    def redact(text: str) -> str:  # exception messages may carry the checkpoint path
+        for p in paths:
+            text = text.replace(p, model_name)
+        return text
+
+    def unavailable(reason: str) -> JSONResponse:
+        return _error(503, f"engine unavailable: {redact(reason)}", None, "server_error")
+
+    def engine_failure(message: str) -> JSONResponse:
+        return _error(500, f"engine failure: {redact(message)}", None, "server_error")
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -52,15 +117,23 @@ def create_app(engine, model_name: str) -> FastAPI:
         worker.stop()
 
     app = FastAPI(title="workbench", lifespan=lifespan)
+    app.state.worker = worker
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_req, exc: RequestValidationError):
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"] if p != "body")
-        return _error(400, f"{field}: {first['msg']}", field)
+        return _error(400, f"{field}: {first['msg'].removeprefix('Value error, ')}", field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_req, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), None)
 
     @app.get("/health")
     async def health():
+        if (reason := worker.dead) is not None:
+            return JSONResponse(status_code=503, content={"status": "error",
+                                                          "reason": redact(reason)})
         return {"status": "ok"}
 
     @app.get("/v1/models")
@@ -70,18 +143,22 @@ def create_app(engine, model_name: str) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        if body.model not in (None, model_name):
+        if body.model is not None and body.model not in accepted:
             return _error(404, f"model: {body.model!r} is not served here; "
                                f"available: {model_name!r}", "model")
+        rid = f"cmpl-{next(ids)}"
         try:
             params = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature,
                                     top_p=body.top_p, top_k=body.top_k, seed=body.seed,
                                     stop=body.stop, stop_token_ids=body.stop_token_ids,
                                     ignore_eos=body.ignore_eos)
-            rid = f"cmpl-{next(ids)}"
             sink = await worker.submit(rid, body.prompt, params)
         except ValueError as e:
-            return _error(400, str(e), str(e).split(":")[0])
+            return _error(400, redact(str(e)), str(e).split(":")[0])
+        except EngineUnavailable as e:
+            return unavailable(str(e))
+        except EngineFault as e:
+            return engine_failure(str(e))
         created = int(time.time())
 
         def chunk(text: str, finish_reason, usage=None) -> str:
@@ -97,17 +174,22 @@ def create_app(engine, model_name: str) -> FastAPI:
             return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
         if not body.stream:
-            out = None
+            # Nothing is sent until the end, so watch the connection: a client that leaves
+            # frees its slot now instead of when max_tokens runs out.
+            result = asyncio.ensure_future(_final(sink))
+            gone = asyncio.ensure_future(_disconnected(request.receive))
             try:
-                while out is None or not out.finished:
-                    out = await sink.get()
-                    if isinstance(out, EngineFailure):
-                        return JSONResponse(status_code=500, content={"error": {
-                            "message": f"engine failure: {out.message}",
-                            "type": "server_error", "param": None, "code": None}})
+                await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                if out is None or isinstance(out, EngineFailure) or not out.finished:
+                gone.cancel()
+                if not result.done():
+                    result.cancel()
                     worker.abort(rid)
+            if not result.done():
+                return Response(status_code=499)  # nobody is left to read it
+            out = result.result()
+            if isinstance(out, EngineFailure):
+                return engine_failure(out.message)
             return {"id": rid, "object": "text_completion", "created": created,
                     "model": model_name,
                     "choices": [{"index": 0, "text": out.text, "logprobs": None,
@@ -122,7 +204,7 @@ def create_app(engine, model_name: str) -> FastAPI:
                 while out is None or not out.finished:
                     out = await sink.get()
                     if isinstance(out, EngineFailure):  # headers are sent: report in-stream
-                        err = {"error": {"message": f"engine failure: {out.message}",
+                        err = {"error": {"message": f"engine failure: {redact(out.message)}",
                                          "type": "server_error"}}
                         yield f"data: {json.dumps(err)}\n\n"
                         return
@@ -139,12 +221,49 @@ def create_app(engine, model_name: str) -> FastAPI:
     return app
 
 
+def listen_socket(host: str, port: int):
+    """Bind (not yet listen) before the model loads: a bad host or port is a one-line user
+    error at once, and the port stays ours while the model loads."""
+    import errno
+    import socket
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port: must be in 1..65535, got {port!r}")
+    if not host or not host.strip():
+        raise ValueError("host: must be an IP address or host name, got an empty string")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(f"host: cannot resolve {host!r} ({e})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        if e.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise ValueError(f"port: cannot listen on {host}:{port}: {e.strerror}") from None
+        raise ValueError(f"host: cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, engine_config=None,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", graceful_shutdown_s: float = GRACEFUL_SHUTDOWN_S) -> None:
     import uvicorn
 
     from workbench.engine import EngineConfig, LLMEngine
 
-    engine = LLMEngine.from_pretrained(model, engine_config or EngineConfig())
-    name = str(model)
-    uvicorn.run(create_app(engine, name), host=host, port=port, log_level=log_level)
+    sock = listen_socket(host, port)
+    try:
+        engine = LLMEngine.from_pretrained(model, engine_config or EngineConfig())
+        aliases = {str(model)}
+        if engine.model_path is not None:
+            aliases |= {str(engine.model_path), str(Path(engine.model_path).resolve())}
+        app = create_app(engine, served_name(model), aliases)
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                timeout_graceful_shutdown=graceful_shutdown_s)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from workbench.traffic.runs import load_run
+from workbench.traffic.run_store import load_run
 
 METRICS = ("ttft", "tpot", "e2e")
 

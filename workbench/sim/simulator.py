@@ -7,33 +7,19 @@ from __future__ import annotations
 
 import gc
 import heapq
+import itertools
 from collections import deque
 
 from workbench.engine.block_manager import BlockManager
 from workbench.engine.config import EngineConfig
 from workbench.engine.sampling_params import SamplingParams
-from workbench.engine.scheduler import Scheduler, SchedulerConfig
+from workbench.engine.scheduler import Scheduler
 from workbench.engine.sequence import Sequence
+from workbench.engine.sizing import ModelFacts, size_engine
 from workbench.engine.telemetry import step_record
-from workbench.traffic.engine_driver import DriveResult
+from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
+from workbench.traffic.drive_result import DriveResult
 from workbench.traffic.metrics import request_record
-
-_TOKEN = 3  # any id outside the EOS set: the simulator never needs real tokens
-
-
-def pool_blocks(cfg: EngineConfig, model: dict) -> int:
-    """The KV pool the real engine would build (explicit count, memory budget, or full-length
-    room for every sequence). The engine also caps the last at a share of free RAM: a fit
-    records the pool it saw as `num_kv_blocks` and that wins when the scenario sets nothing."""
-    if cfg.num_kv_blocks is not None:
-        return cfg.num_kv_blocks
-    per_block = cfg.block_size * model["kv_bytes_per_token"]
-    if cfg.kv_cache_memory is not None:
-        return max(1, cfg.kv_cache_memory // per_block)
-    if model.get("kv_pool_bytes"):  # a roofline model: the GPU memory left after weights
-        return max(1, model["kv_pool_bytes"] // per_block)
-    max_len = cfg.max_model_len or model["max_model_len"]
-    return cfg.max_num_seqs * -(-max_len // cfg.block_size)
 
 
 class Replica:
@@ -42,15 +28,16 @@ class Replica:
     def __init__(self, step_model, engine_config: dict | EngineConfig, index: int = 0):
         cfg = (engine_config if isinstance(engine_config, EngineConfig)
                else EngineConfig.from_dict(engine_config))
-        model = step_model.model
         self.index = index
         self.step_model = step_model
-        self.max_model_len = cfg.max_model_len or model["max_model_len"]
-        self.block_manager = BlockManager(pool_blocks(cfg, model), cfg.block_size)
-        self.scheduler = Scheduler(SchedulerConfig(
-            cfg.max_num_seqs, cfg.max_num_batched_tokens, self.max_model_len,
-            cfg.enable_chunked_prefill, tuple(model.get("eos_token_ids", ()))),
-            self.block_manager)
+        # The same rule the engine sizes itself with; a fit's recorded pool caps the default.
+        sizing = size_engine(cfg, ModelFacts.from_step_model(step_model))
+        self.max_model_len = sizing.scheduler.max_model_len
+        self.block_manager = BlockManager(sizing.num_kv_blocks, cfg.block_size)
+        self.scheduler = Scheduler(sizing.scheduler, self.block_manager)
+        # The simulator needs no real tokens, only ones that never end a request early.
+        eos = set(sizing.scheduler.eos_token_ids)
+        self._token = next(t for t in itertools.count(FIRST_ORDINARY_TOKEN_ID) if t not in eos)
         self.telemetry: list = []
         self.now = 0.0  # when this replica can start its next step
         self._gap = step_model.inter_step_gap_s
@@ -74,7 +61,7 @@ class Replica:
         # Features come from the batch before update; the pool's state after it.
         rec = step_record(len(self.telemetry), now, now, out, sched, after_update=False)
         t_end = now + max(self.step_model.predict_record(rec), 0.0)
-        finished = sched.update(out, [_TOKEN if s.samples else None for s in out.scheduled],
+        finished = sched.update(out, [self._token if s.samples else None for s in out.scheduled],
                                 t_end)
         rec.t_end = t_end
         rec.kv_blocks_used = self.block_manager.num_used_blocks
@@ -158,7 +145,7 @@ class Simulator:
 def simulate_requests(scenario, step_model, replicas: int = 1, lb: str = "round-robin"):
     """Simulate in memory: (requests DataFrame, the Simulator, number of requests planned)."""
     from workbench.traffic.arrivals import ClosedLoop
-    from workbench.traffic.runs import requests_frame
+    from workbench.traffic.run_store import records_frame
     from workbench.traffic.workload import build_requests
 
     sim = Simulator(step_model, dict(scenario.target.engine), replicas, lb, scenario.seed)
@@ -167,7 +154,7 @@ def simulate_requests(scenario, step_model, replicas: int = 1, lb: str = "round-
     result = sim.run(specs, scenario.temperature, scenario.ignore_eos,
                      loop.concurrency if loop else None, loop.think_time_s if loop else 0.0)
     records = sorted(result.records, key=lambda r: int(r["request_id"]))
-    return requests_frame(records), sim, len(specs), result.max_concurrency
+    return records_frame(records), sim, len(specs), result.max_concurrency
 
 
 def simulate_scenario(scenario, step_model, out="runs", allow_mismatch: bool = False,
@@ -176,13 +163,11 @@ def simulate_scenario(scenario, step_model, out="runs", allow_mismatch: bool = F
     """Simulate a scenario with a fitted model; write a run directory like a real run.
 
     tp / pp > 1 scale the single-device fit analytically (an extrapolation, so labelled)."""
-    import datetime as dt
-
     import pandas as pd
 
     from workbench.engine.telemetry import telemetry_frame
     from workbench.traffic.metrics import summarize
-    from workbench.traffic.runs import environment, new_run_id, write_run
+    from workbench.traffic.run_store import store_run
     from workbench.traffic.scenario import EngineTarget
 
     target = scenario.target
@@ -198,22 +183,18 @@ def simulate_scenario(scenario, step_model, out="runs", allow_mismatch: bool = F
         log(f"note: tensor_parallel={tp}, pipeline_parallel={pp} is an analytic extrapolation "
             "from a single-device fit")
     requests, sim, planned, max_conc = simulate_requests(scenario, step_model, replicas, lb)
-    run_id = new_run_id(scenario.name + "-sim")
-    manifest = {"run_id": run_id, "kind": "simulated",
-                "started": dt.datetime.now(dt.UTC).isoformat(),
-                "scenario": scenario.model_dump(mode="json"), "hardware": fit.hardware,
-                "target": {"model": target.model, "engine_config": dict(target.engine),
-                           "num_kv_blocks": sim.replicas[0].block_manager.num_blocks},
-                "replicas": replicas, "lb": lb, "tensor_parallel": tp, "pipeline_parallel": pp,
-                "extrapolated": tp > 1 or pp > 1,
-                "fit": {"created": fit.created, "family": fit.family,
-                        "validation": fit.validation},
-                "max_concurrency": max_conc, "interrupted": False,
-                "num_requests_planned": planned,
-                "summary": summarize(requests, scenario.slos), **environment()}
     steps = pd.concat([telemetry_frame(r.telemetry).assign(replica=r.index)
                        for r in sim.replicas], ignore_index=True)
-    return write_run(out, run_id, requests, steps, manifest)
+    return store_run(
+        out, scenario.name + "-sim", "simulated", requests, steps, scenario=scenario,
+        hardware=fit.hardware,
+        target={"model": target.model, "engine_config": dict(target.engine),
+                "num_kv_blocks": sim.replicas[0].block_manager.num_blocks},
+        replicas=replicas, lb=lb, tensor_parallel=tp, pipeline_parallel=pp,
+        extrapolated=tp > 1 or pp > 1,
+        fit={"created": fit.created, "family": fit.family, "validation": fit.validation},
+        max_concurrency=max_conc, interrupted=False, stopped_by=None,
+        num_requests_planned=planned, summary=summarize(requests, scenario.slos))
 
 
 def check_fit_matches(step_model, target, allow_mismatch: bool, log=print) -> None:

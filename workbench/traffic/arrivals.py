@@ -159,35 +159,17 @@ def _piecewise(spec: Piecewise, rng, num_requests, duration_s) -> np.ndarray:
 
 
 def trace_rows(spec: Trace, base) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(send times, prompt lengths, output lengths) from a trace file, windowed and scaled."""
-    from pathlib import Path
+    """(send times, prompt lengths, output lengths) from a trace file, windowed and scaled.
 
-    import pandas as pd
-
-    path = Path(spec.file)
-    path = path if path.is_absolute() else Path(base) / path
-    if not path.exists():
-        raise ValueError(f"arrival.file: {path} does not exist")
-    frame = pd.read_json(path, lines=True) if path.suffix == ".jsonl" else pd.read_csv(path)
-    for field, col in (("timestamp_column", spec.timestamp_column),
-                       ("prompt_column", spec.prompt_column),
-                       ("output_column", spec.output_column)):
-        if col not in frame:
-            raise ValueError(f"arrival.{field}: {col!r} is not a column of {path} "
-                             f"(columns: {', '.join(map(str, frame.columns))})")
-    ts = frame[spec.timestamp_column]
-    if pd.api.types.is_numeric_dtype(ts):
-        secs = ts.to_numpy(dtype=float)
-    else:
-        parsed = pd.to_datetime(ts)
-        secs = (parsed - parsed.min()).dt.total_seconds().to_numpy()
-    order = np.argsort(secs, kind="stable")
-    secs = secs[order] - secs[order][0]
-    prompt = frame[spec.prompt_column].to_numpy()[order]
-    output = frame[spec.output_column].to_numpy()[order]
+    Every problem with the file is a ValueError naming `arrival.<field>` and the file."""
+    secs, prompt, output = _read_trace(spec, base)
     keep = secs >= spec.start_s
     if spec.window_s is not None:
         keep &= secs < spec.start_s + spec.window_s
+    if not keep.any():
+        end = "" if spec.window_s is None else f", {spec.start_s + spec.window_s:g}"
+        raise ValueError(f"arrival.start_s: no trace rows in [{spec.start_s:g}{end}) s; the "
+                         f"trace spans {secs[-1]:g} s")
     secs, prompt, output = secs[keep] - spec.start_s, prompt[keep], output[keep]
     secs = secs / spec.rate_multiplier
     prompt = np.maximum(1, np.rint(prompt * spec.length_scale)).astype(np.int64)
@@ -198,3 +180,64 @@ def trace_rows(spec: Trace, base) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if spec.max_output_tokens:
         output = np.minimum(output, spec.max_output_tokens)
     return secs, prompt, output
+
+
+def _read_trace(spec: Trace, base) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The whole trace, sorted by time: seconds from its first row, prompt and output lengths."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    path = Path(spec.file)
+    path = path if path.is_absolute() else Path(base) / path
+    if not path.exists():
+        raise ValueError(f"arrival.file: {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"arrival.file: {path} is a directory, not a trace file (CSV or JSONL)"
+                         if path.is_dir() else f"arrival.file: {path} is not a regular file")
+    kind = "JSONL" if path.suffix == ".jsonl" else "CSV"
+    try:
+        frame = pd.read_json(path, lines=True) if kind == "JSONL" else pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"arrival.file: {path} is empty") from None
+    except (OSError, ValueError, pd.errors.ParserError) as e:  # incl. UnicodeDecodeError
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"arrival.file: {path} cannot be read as {kind} ({why})") from None
+    for field, col in (("timestamp_column", spec.timestamp_column),
+                       ("prompt_column", spec.prompt_column),
+                       ("output_column", spec.output_column)):
+        if col not in frame:
+            raise ValueError(f"arrival.{field}: {col!r} is not a column of {path} "
+                             f"(columns: {', '.join(map(str, frame.columns))})")
+    if frame.empty:
+        raise ValueError(f"arrival.file: {path} has no rows (only a header)")
+    ts = frame[spec.timestamp_column]
+    if pd.api.types.is_numeric_dtype(ts):
+        secs = ts.to_numpy(dtype=float)
+    else:
+        parsed = pd.to_datetime(ts, errors="coerce")
+        if parsed.isna().any():  # neither numbers nor dates: report the first bad row
+            _bad_value(path, "timestamp_column", spec.timestamp_column, ts, parsed.isna(), kind,
+                       "a number of seconds or a date-time")
+        secs = (parsed - parsed.min()).dt.total_seconds().to_numpy()
+    _bad_value(path, "timestamp_column", spec.timestamp_column, ts, ~np.isfinite(secs), kind,
+               "a number of seconds or a date-time")
+    lengths = []
+    for field, col in (("prompt_column", spec.prompt_column),
+                       ("output_column", spec.output_column)):
+        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float)
+        _bad_value(path, field, col, frame[col], ~np.isfinite(values), kind,
+                   "a number of tokens")
+        lengths.append(values)
+    order = np.argsort(secs, kind="stable")
+    secs = secs[order] - secs[order][0]
+    return secs, lengths[0][order], lengths[1][order]
+
+
+def _bad_value(path, field: str, col: str, raw, bad, kind: str, wanted: str) -> None:
+    bad = np.asarray(bad)
+    if bad.any():
+        i = int(np.argmax(bad))
+        row = f"line {i + 2}" if kind == "CSV" else f"line {i + 1}"  # CSV: after the header
+        raise ValueError(f"arrival.{field}: column {col!r} of {path} must hold {wanted}; "
+                         f"{row} has {raw.iloc[i]!r}")

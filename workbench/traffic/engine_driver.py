@@ -11,20 +11,11 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 from workbench.engine import SamplingParams
+from workbench.traffic.drive_result import INTERRUPT, WALL_LIMIT, DriveResult
 from workbench.traffic.metrics import request_record
 from workbench.traffic.workload import RequestSpec
-
-
-@dataclass(slots=True)
-class DriveResult:
-    records: list[dict] = field(default_factory=list)  # per-request, times from run start
-    t0: float = 0.0  # run start on the engine clock
-    interrupted: bool = False
-    max_concurrency: int = 0  # most requests in flight at once
-    placement: dict = field(default_factory=dict)  # request id -> replica (simulated clusters)
 
 
 def drive_engine(engine, specs: list[RequestSpec], temperature: float = 0.0,
@@ -54,7 +45,7 @@ def drive_engine(engine, specs: list[RequestSpec], temperature: float = 0.0,
         while queue or engine.has_unfinished():
             now = clock() - t0
             if max_wall_s is not None and now > max_wall_s:
-                res.interrupted = True
+                res.stop(WALL_LIMIT)
                 break
             if closed:
                 while queue and ready and ready[0] <= now:
@@ -79,7 +70,7 @@ def drive_engine(engine, specs: list[RequestSpec], temperature: float = 0.0,
                 if nxt is not None:
                     time.sleep(max(0.0, min(nxt - (clock() - t0), 0.05)))
     except KeyboardInterrupt:
-        res.interrupted = True
+        res.stop(INTERRUPT)
     if res.interrupted:  # keep what finished; abort the rest so the engine is clean
         for rid in list(by_id):
             engine.abort(rid)
@@ -92,6 +83,6 @@ def _record(out, t0: float) -> dict:
     rec = request_record(out.request_id, m.arrival - t0,
                          None if m.first_scheduled is None else m.first_scheduled - t0,
                          rel, m.finish - t0, m.prompt_tokens, m.finish_reason,
-                         m.cached_prompt_tokens, m.preemptions)
+                         m.cached_prompt_tokens, m.preemptions, output_tokens=m.output_tokens)
     rec["token_times"] = rel
     return rec

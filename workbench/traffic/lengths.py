@@ -100,15 +100,32 @@ class Empirical(_Dist):
         path = (base / self.file) if not Path(self.file).is_absolute() else Path(self.file)
         if not path.exists():
             raise ValueError(f"file: {path} does not exist")
-        if self.column:
-            import pandas as pd
+        if not path.is_file():
+            raise ValueError(f"file: {path} is not a file of lengths")
+        import pandas as pd
 
-            frame = pd.read_csv(path)
-            if self.column not in frame:
-                raise ValueError(f"column: {self.column!r} not in {path} "
-                                 f"(columns: {', '.join(frame.columns)})")
-            return frame[self.column].to_numpy(dtype=float)
-        return np.loadtxt(path, dtype=float, ndmin=1)
+        try:
+            if self.column:
+                frame = pd.read_csv(path)
+                if self.column not in frame:
+                    raise ValueError(f"column: {self.column!r} not in {path} "
+                                     f"(columns: {', '.join(map(str, frame.columns))})")
+                raw = frame[self.column]
+            else:
+                raw = pd.read_csv(path, header=None).iloc[:, 0]
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"file: {path} is empty") from None
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
+            raise ValueError(f"file: {path} cannot be read ({type(e).__name__})") from None
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+        if not len(values):
+            raise ValueError(f"file: {path} has no values")
+        bad = ~np.isfinite(values)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"file: {path} must hold numbers of tokens; value {i + 1} is "
+                             f"{raw.iloc[i]!r}")
+        return values
 
     def quantile(self, u, values: np.ndarray | None = None):
         data = np.sort(values if values is not None else np.asarray(self.values, dtype=float))
@@ -132,7 +149,13 @@ def sample_lengths(prompt: _Dist, output: _Dist, n: int, rng: np.random.Generato
     z2 = correlation * z1 + math.sqrt(1 - correlation**2) * rng.standard_normal(n)
     u1 = np.vectorize(_STD_NORMAL.cdf)(z1)
     u2 = np.vectorize(_STD_NORMAL.cdf)(z2)
-    return _draw(prompt, u1, base), _draw(output, u2, base)
+    drawn = []
+    for name, d, u in (("prompt_tokens", prompt, u1), ("output_tokens", output, u2)):
+        try:
+            drawn.append(_draw(d, u, base))
+        except ValueError as e:  # name the scenario field the file belongs to
+            raise ValueError(f"{name}.{e}") from None
+    return drawn[0], drawn[1]
 
 
 def _draw(d: _Dist, u: np.ndarray, base: Path) -> np.ndarray:

@@ -41,8 +41,11 @@ class HttpTarget(_Strict):
     model: str
     api_key: str | None = None
     api_key_env: str | None = Field(None, description="environment variable holding the key")
-    prompt_format: Literal["tokens", "text"] = "tokens"
-    tokenizer: str | None = Field(None, description="preset or dir, for text prompts")
+    prompt_format: Literal["auto", "tokens", "text"] = Field(
+        "auto", description="auto: token ids to a workbench server, text to any other "
+                            "(llama.cpp answers token ids with HTTP 500)")
+    tokenizer: str | None = Field(None, description="the served model's tokenizer (preset or "
+                                                    "dir): text prompts, re-counted outputs")
     vocab_size: int = Field(4096, ge=8, description="token ids are drawn below this")
     timeout_s: float = Field(120.0, gt=0)
 
@@ -186,10 +189,20 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     path = Path(path)
     if not path.exists():
         raise ScenarioError([f"{path}: no such scenario file"])
+    if not path.is_file():
+        raise ScenarioError([f"{path}: is a directory, not a scenario file (YAML)"
+                             if path.is_dir() else f"{path}: not a regular file"])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ScenarioError([f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the "
+                             "scenario as UTF-8 YAML"]) from None
+    except OSError as e:
+        raise ScenarioError([f"{path}: cannot be read ({e.strerror or e})"]) from None
     except yaml.YAMLError as e:
         raise ScenarioError([f"{path}: not valid YAML: {e}".splitlines()[0]]) from None
+    if data is not None and not isinstance(data, dict):
+        raise ScenarioError([f"{path}: must be a mapping of fields, got {type(data).__name__}"])
     data = apply_overrides(data or {}, overrides or [])
     scenario = parse_scenario(data, str(path))
     scenario._base_dir = path.parent.resolve()

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.traffic.arrivals import Constant, Gamma, Poisson
+from workbench.traffic.drive_result import INTERRUPT
 from workbench.traffic.metrics import is_saturated
-from workbench.traffic.runs import load_run
+from workbench.traffic.run_store import load_run
 from workbench.traffic.scenario import EngineTarget, Scenario
+from workbench.traffic.workload import check_inputs
 
-SWEEP_COLUMNS = ["rate", "saturated", "request_throughput", "output_throughput", "goodput",
-                 "slo_attainment"] + [f"{m}_{s}" for m in ("ttft", "tpot", "itl", "e2e")
-                                      for s in ("mean", "p50", "p90", "p99")]
+SWEEP_COLUMNS = (["rate", "saturated", "sustained_request_throughput", "request_throughput",
+                  "output_throughput", "goodput", "slo_attainment"]
+                 + [f"{m}_{s}" for m in ("ttft", "tpot", "itl", "e2e")
+                    for s in ("mean", "p50", "p90", "p99")])
 
 
 def with_rate(scenario: Scenario, rate: float) -> Scenario:
@@ -27,20 +30,32 @@ def with_rate(scenario: Scenario, rate: float) -> Scenario:
 
 def sweep(scenario: Scenario, rates: list[float], out: str | Path = "runs",
           progress: bool = True, log=print):
-    """Run the scenario at each rate; return (summary DataFrame, run directories)."""
+    """Run the scenario at each rate; return (summary DataFrame, run directories).
+
+    Saturation reads the sustained throughput (drain tail excluded), see traffic/metrics.py.
+    Ctrl-C keeps the runs done so far (the interrupted one too) and raises KeyboardInterrupt."""
     import pandas as pd
 
-    from workbench.traffic.run import make_engine, run_scenario
+    from workbench.traffic.run_scenario import make_engine, run_scenario
 
+    check_inputs(scenario)
+    for rate in rates:
+        with_rate(scenario, rate)  # every rate is valid before a model loads
     engine = make_engine(scenario) if isinstance(scenario.target, EngineTarget) else None
     rows, dirs = [], []
     for rate in rates:
-        path = run_scenario(with_rate(scenario, rate), out, engine=engine, progress=progress)
-        summary = load_run(path).manifest["summary"]
+        path = run_scenario(with_rate(scenario, rate), out, engine=engine, progress=progress,
+                            log=log)
+        manifest = load_run(path).manifest
+        if manifest.get("stopped_by") == INTERRUPT:
+            log(f"interrupted at rate {rate:g}/s; completed requests kept in {path}")
+            raise KeyboardInterrupt
+        summary = manifest["summary"]
         row = {"rate": rate, "saturated": is_saturated(summary, rate), **summary}
         rows.append(row)
         dirs.append(path)
-        log(f"rate {rate:g}/s: {summary['request_throughput']:.2f} req/s, "
+        log(f"rate {rate:g}/s: {summary['sustained_request_throughput']:.2f} req/s sustained "
+            f"({summary['request_throughput']:.2f} over the whole run), "
             f"TTFT p90 {summary['ttft_p90'] * 1e3:.0f} ms, "
             f"saturated: {row['saturated']}  ({path})")
     frame = pd.DataFrame(rows)
@@ -65,7 +80,8 @@ def auto_rates(saturation: float, count: int = 5) -> list[float]:
 
 
 def format_sweep(frame) -> str:
-    cols = ["rate", "saturated", "request_throughput", "output_throughput", "goodput",
+    cols = ["rate", "saturated", "sustained_request_throughput", "request_throughput",
+            "output_throughput", "goodput",
             "ttft_p50", "ttft_p90", "ttft_p99", "tpot_p50", "tpot_p90", "tpot_p99", "itl_p90",
             "e2e_p50", "e2e_p90", "e2e_p99"]
     shown = frame[[c for c in cols if c in frame]].copy()

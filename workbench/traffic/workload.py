@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
 from workbench.traffic.arrivals import ClosedLoop, Trace, arrival_times, trace_rows
-from workbench.traffic.lengths import sample_lengths
+from workbench.traffic.lengths import Empirical, sample_lengths
 from workbench.traffic.scenario import Scenario, base_dir
-
-_FIRST_ORDINARY_TOKEN = 3  # ids below are the embedded tokenizer's specials (pad, bos, eos)
 
 
 @dataclass(slots=True)
@@ -54,17 +53,34 @@ def build_requests(scenario: Scenario, vocab_size: int) -> list[RequestSpec]:
             group = int(rng.integers(sp.count))
             prefix = prefixes[group]
         body = max(1, int(plen) - len(prefix))  # the prefix is part of the prompt length
-        ids = prefix + rng.integers(_FIRST_ORDINARY_TOKEN, vocab_size, size=body).tolist()
+        ids = prefix + rng.integers(FIRST_ORDINARY_TOKEN_ID, vocab_size, size=body).tolist()
         specs.append(RequestSpec(i, None if times is None else float(times[i]), ids, int(olen),
                                  group))
     return specs
+
+
+def check_inputs(scenario: Scenario) -> None:
+    """Read the files a scenario names (trace, empirical lengths), so that a missing or
+    malformed one is reported, naming its field, before any model is loaded."""
+    base = base_dir(scenario)
+    if isinstance(scenario.arrival, Trace):
+        times, _, _ = trace_rows(scenario.arrival, base)
+        if scenario.duration_s is not None and not (times < scenario.duration_s).any():
+            raise ValueError(f"duration_s: no trace rows in the first {scenario.duration_s:g} s")
+    for name, d in (("prompt_tokens", scenario.prompt_tokens),
+                    ("output_tokens", scenario.output_tokens)):
+        if isinstance(d, Empirical):
+            try:
+                d.resolve(base)
+            except ValueError as e:
+                raise ValueError(f"{name}.{e}") from None
 
 
 def _system_prompts(scenario: Scenario, rng, vocab_size: int) -> list[list[int]]:
     sp = scenario.shared_prefix
     if sp.fraction == 0 or sp.tokens == 0:
         return []
-    return [rng.integers(_FIRST_ORDINARY_TOKEN, vocab_size, size=sp.tokens).tolist()
+    return [rng.integers(FIRST_ORDINARY_TOKEN_ID, vocab_size, size=sp.tokens).tolist()
             for _ in range(sp.count)]
 
 

@@ -51,23 +51,24 @@ def explain(v: CapacityView, s: Setup) -> str:
     lines = [
         f"{v.model} at {v.precision} (KV cache {v.kv_dtype}) on {v.tp} x {v.gpu} per replica "
         f"({v.tp_reason}).",
-        f"Memory per GPU: {v.gpu_memory_gb:g} GB = weights {v.weights_gb:.2f} + KV of "
+        f"Memory per GPU: {v.gpu_memory_gb:.1f} GB = weights {v.weights_gb:.2f} + KV of "
         f"{v.batch} sequences {v.kv_in_use_gb:.2f} + free {v.kv_free_gb:.2f} + reserve "
         f"{v.reserve_gb:.2f} GB ({s.reserve_fraction:.0%} held back for activations and "
         "fragmentation).",
         f"KV: {v.kv_mb_per_sequence:.1f} MB per GPU for a {s.prompt_tokens} + {out}-token "
         f"request, so {v.max_concurrent_seqs} sequences fit beside the weights.",
-        f"Roofline at MBU {eff.memory:.2f} / MFU {eff.compute:.2f}, {s.decode_context} cached "
-        f"tokens on average: a decode step of {v.batch} sequences takes "
-        f"{v.decode_step_ms:.2f} ms ({v.decode_bound}-bound) and a {s.prompt_tokens}-token "
-        f"prefill {v.prefill_ms:.2f} ms. {v.batch} / {out} = {per_step:.3g} requests join "
-        f"per step, so TPOT = {v.decode_step_ms:.2f} + {per_step:.3g} x {v.prefill_ms:.2f} = "
-        f"{v.tpot_ms:.2f} ms {'<=' if v.tpot_slo_met else '>'} the {i['tpot_slo_ms']:g} ms "
-        "SLO.",
+        f"Roofline at MBU {eff.memory:.2f} / MFU {eff.compute:.2f} "
+        f"(workbench.plan.step_cost), {s.decode_context} cached tokens on average: "
+        f"{v.batch} / {out} = {per_step:.3g} requests join per step. " + _tpot_sentence(v, s),
     ]
     if v.tpot_slo_met:
-        limit = ("more sequences would not fit" if v.batch == v.max_concurrent_seqs
-                 else "one more sequence would miss the SLO")
+        if v.batch == v.max_concurrent_seqs:
+            limit = "more sequences would not fit"
+        elif v.batch == s.batch_limit(v.tp):
+            limit = ("the engine's max_num_seqs / max_num_batched_tokens admit no more "
+                     "sequences")
+        else:
+            limit = "one more sequence would miss the SLO"
         lines.append(f"The operating batch is {v.batch}: {limit}.")
     else:
         lines.append("The TPOT SLO is missed even at batch 1: fewer weight bytes (int8 / int4), "
@@ -92,3 +93,20 @@ def explain(v: CapacityView, s: Setup) -> str:
     lines.append("Not modelled: tensor-parallel all-reduce time, queueing delay, bursts beyond "
                  "the utilization headroom.")
     return "\n".join(lines)
+
+
+def _tpot_sentence(v: CapacityView, s: Setup) -> str:
+    """How TPOT follows from the two kinds of step (see capacity_analytic.Setup.cycle)."""
+    verdict = (f"{'<=' if v.tpot_slo_met else '>'} the {v.inputs['tpot_slo_ms']:g} ms SLO "
+               f"(step overhead {s.overhead_s * 1e3:g} ms included).")
+    if v.prefill_share >= 1:
+        return (f"Every step carries prefill: {v.batch} decodes and "
+                f"{v.prefill_step_tokens:,.0f} prefill tokens take {v.prefill_step_ms:.2f} ms "
+                f"({v.step_bound}-bound), so TPOT = {v.tpot_ms:.2f} ms " + verdict)
+    p = v.prefill_share
+    return (f"Their {s.prompt_tokens}-token prompts go in chunks of "
+            f"{v.prefill_step_tokens:,.0f} tokens, so a share {p:.3g} of steps carries one: "
+            f"{v.batch} decodes plus a chunk take {v.prefill_step_ms:.2f} ms "
+            f"({v.step_bound}-bound), decodes alone {v.decode_step_ms:.2f} ms. TPOT = "
+            f"{1 - p:.3g} x {v.decode_step_ms:.2f} + {p:.3g} x {v.prefill_step_ms:.2f} = "
+            f"{v.tpot_ms:.2f} ms " + verdict)

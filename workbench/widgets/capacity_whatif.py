@@ -1,5 +1,6 @@
 """Variants of one capacity view: the batch trade-off, the fleet against traffic, and other
-tensor-parallel sizes. Pure data for the figures and tables; the arithmetic is capacity.py's."""
+tensor-parallel sizes. Pure data for the figures and tables; the arithmetic is
+workbench.plan.capacity_analytic's."""
 
 from __future__ import annotations
 

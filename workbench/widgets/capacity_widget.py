@@ -28,7 +28,8 @@ STYLE = {"description_width": "170px"}
 LAYOUT = widgets.Layout(width="330px")
 
 GROUPS = {
-    "Model and hardware": ("model", "gpu", "precision", "kv_dtype", "tp", "reserve_fraction"),
+    "Model and hardware": ("model", "gpu", "precision", "kv_dtype", "tp", "reserve_fraction",
+                           "max_num_seqs", "max_num_batched_tokens"),
     "Traffic and SLOs": ("rate_rps", "prompt_tokens", "output_tokens", "context",
                          "tpot_slo_ms", "ttft_slo_ms"),
     "Efficiency and cost": ("memory_efficiency", "compute_efficiency", "utilization",
@@ -40,7 +41,8 @@ LABELS = {"rate_rps": "requests/s", "prompt_tokens": "prompt tokens",
           "tp": "GPUs per replica", "kv_dtype": "KV cache dtype",
           "reserve_fraction": "memory reserve", "memory_efficiency": "MBU (of peak bandwidth)",
           "compute_efficiency": "MFU (of peak FLOPs)", "utilization": "target utilization",
-          "price_per_hour": "$ per GPU-hour"}
+          "price_per_hour": "$ per GPU-hour", "max_num_seqs": "max sequences (0 = any)",
+          "max_num_batched_tokens": "max batched tokens (0 = any)"}
 
 
 def capacity_defaults() -> dict:
@@ -69,6 +71,8 @@ def _control(name: str, value) -> widgets.ValueWidget:
                                    continuous_update=False, **kw)
     if name in ("context", "prompt_tokens", "output_tokens"):
         return widgets.IntText(value=value, **kw)
+    if name in ("max_num_seqs", "max_num_batched_tokens"):   # engine limits; 0 = none
+        return widgets.IntText(value=value or 0, **kw)
     # Unbounded on purpose: capacity_view checks the values and says what is wrong.
     return widgets.FloatText(value=value or 0.0, **kw)
 
@@ -109,6 +113,8 @@ class CapacityCalculator(HeldRefresh, widgets.VBox):
         v = {name: c.value for name, c in self.controls.items()}
         v["tp"] = v["tp"] or None
         v["ttft_slo_ms"] = v["ttft_slo_ms"] or None
+        v["max_num_seqs"] = v["max_num_seqs"] or None
+        v["max_num_batched_tokens"] = v["max_num_batched_tokens"] or None
         return v
 
     def _changed(self, change) -> None:

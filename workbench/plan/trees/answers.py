@@ -6,15 +6,19 @@ and they return the facts they used so a report can show them next to the path.
 
 from __future__ import annotations
 
-from workbench.plan.budget import DEFAULT_RESERVE, MAX_GPUS, max_concurrent_seqs, min_gpus
+from workbench.plan.budget import DEFAULT_RESERVE, max_concurrent_seqs
 from workbench.plan.hardware import Hardware
 from workbench.plan.models_catalog import ModelArch
 from workbench.plan.names import check_non_negative, check_positive
+from workbench.plan.replica import min_tp
 from workbench.plan.roofline import DEFAULT_EFFICIENCY, Efficiency, decode_step
 
 GPUS_PER_NODE = 8          # HGX / DGX nodes carry 8 GPUs
 REPEAT_THRESHOLD = 0.10    # a response cache pays off once ~1 in 10 requests repeats
 SHARED_PREFIX_THRESHOLD = 0.30
+# Ollama serves OLLAMA_NUM_PARALLEL requests at once (default 4, or 1 on small memory: Ollama
+# FAQ) and queues the rest: up to that many in flight, a batching server buys little.
+LOW_CONCURRENCY_IN_FLIGHT = 4
 
 
 def _yes(flag: bool) -> str:
@@ -34,9 +38,8 @@ def quantization_answers(m: ModelArch, hw: Hardware, context: int = 4096, concur
                "fp8_hardware": _yes(bool(hw.peak_tflops.get("fp8")))}
     facts = {f"max_seqs_{p}": n for p, n in fits.items()}
     if fits_at == "none":  # how many GPUs hold `concurrency` sequences at int4
-        facts["gpus_needed_int4"] = next(
-            (tp for tp in range(1, MAX_GPUS + 1) if m.num_heads % tp == 0 and max_concurrent_seqs(
-                m, hw, "int4", context, "auto", tp, reserve_fraction) >= concurrency), None)
+        facts["gpus_needed_int4"] = min_tp(m, hw, "int4", context, concurrency, "auto",
+                                           reserve_fraction)
     return answers, facts
 
 
@@ -46,13 +49,24 @@ def parallelism_answers(m: ModelArch, hw: Hardware, precision: str = "bf16",
                         target_tpot_s: float | None = None,
                         efficiency: Efficiency = DEFAULT_EFFICIENCY,
                         reserve_fraction: float = DEFAULT_RESERVE) -> tuple[dict, dict]:
-    """Fit from the memory model; load and latency from the roofline with `efficiency`."""
+    """Fit from the memory model, sized for the target: `batch` sequences of `context` tokens
+    (weights plus their KV); load and latency from the roofline with `efficiency`.
+
+    gpus_needed is the smallest tensor-parallel size that holds the whole batch, not only the
+    weights (gpus_for_weights): Llama-2-70B in bf16 fits 2 H100s, but 64 sequences of 4,096
+    tokens need 4."""
     check_positive(context=context, batch=batch)
     check_non_negative(target_tokens_per_s=target_tokens_per_s, target_tpot_s=target_tpot_s)
-    need = min_gpus(m, hw, precision, context, "auto", reserve_fraction)
+    need = min_tp(m, hw, precision, context, batch, "auto", reserve_fraction)
     seqs = max_concurrent_seqs(m, hw, precision, context, "auto", 1, reserve_fraction)
     fits_one = seqs >= batch
-    facts: dict = {"gpus_needed": need, "max_seqs_one_gpu": seqs}
+    facts: dict = {"gpus_needed": need,
+                   "gpus_for_weights": min_tp(m, hw, precision, context, 1, "auto",
+                                              reserve_fraction),
+                   "max_seqs_one_gpu": seqs}
+    if need is not None:
+        facts["max_seqs_at_gpus_needed"] = max_concurrent_seqs(m, hw, precision, context,
+                                                               "auto", need, reserve_fraction)
     answers = {"fits_one_gpu": _yes(fits_one),
                "fits_one_node": _yes(need is not None and need <= GPUS_PER_NODE),
                "interconnect": "nvlink" if hw.interconnect == "nvlink" else "pcie"}
@@ -84,3 +98,21 @@ def caching_answers(m: ModelArch, hw: Hardware, repeat_fraction: float = 0.0,
                "kv_memory_bound": _yes(seqs < concurrency),
                "sliding_window_model": _yes(m.sliding_window is not None)}
     return answers, {"max_seqs": seqs}
+
+
+def requests_in_flight(requests_per_s: float, latency_s: float) -> float:
+    """Little's law (Little 1961): requests in the system L = arrival rate x time each spends
+    in it (queueing + prefill + decode, about the end-to-end latency)."""
+    check_non_negative(requests_per_s=requests_per_s)
+    check_positive(latency_s=latency_s)
+    return requests_per_s * latency_s
+
+
+def framework_answers(requests_per_s: float, latency_s: float) -> tuple[dict, dict]:
+    """The framework tree's `concurrency` from requests in flight, not from the request rate:
+    2 requests/s of 30 s answers keep 60 in flight (high), while 20 requests/s of 0.1 s keep
+    2 (low)."""
+    in_flight = requests_in_flight(requests_per_s, latency_s)
+    low = in_flight <= LOW_CONCURRENCY_IN_FLIGHT
+    return ({"concurrency": "low" if low else "high"},
+            {"requests_in_flight": in_flight, "low_concurrency_max": LOW_CONCURRENCY_IN_FLIGHT})

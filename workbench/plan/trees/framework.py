@@ -33,7 +33,7 @@ _tgi = Leaf("TGI", (
     "a good fit where the team already deploys through Hugging Face tooling",
 ), ("vLLM",))
 _ollama_srv = Leaf("Ollama", (
-    "a few concurrent users do not need a high-throughput batcher",
+    "a few requests in flight at once do not need a high-throughput batcher",
     "one-command install and model library; runs on the GPU through llama.cpp",
 ), ("vLLM", "llama.cpp"))
 
@@ -77,9 +77,11 @@ TREE = Tree("framework", Question("use", "What is the deployment for?", {
                                 })),
                         })),
                     "standard": Answer("good latency at scale", Question(
-                        "concurrency", "How many concurrent requests?", {
-                            "low": Answer("a handful of users", _ollama_srv),
-                            "high": Answer("many users: batching decides cost", Question(
+                        "concurrency", "How many requests are in flight at once (arrival "
+                                       "rate x time per request, Little's law)?", {
+                            "low": Answer("a few in flight (<= 4, Ollama's default parallel "
+                                          "slots): queueing stays short", _ollama_srv),
+                            "high": Answer("many in flight: batching decides cost", Question(
                                 "hf_integration", "Must it plug into Hugging Face tooling?", {
                                     "required": Answer("Hub-native deployment", _tgi),
                                     "not_needed": Answer("any HF checkpoint will do", _vllm_hi),
@@ -87,4 +89,5 @@ TREE = Tree("framework", Question("use", "What is the deployment for?", {
                         })),
                 })),
         })),
-}), source="framework documentation: see workbench.plan.frameworks.FRAMEWORKS")
+}), source="framework documentation: see workbench.plan.frameworks.FRAMEWORKS; requests in "
+          "flight by Little's law (J. D. C. Little, Operations Research 9(3), 1961)")

@@ -38,7 +38,8 @@ TREE = Tree("parallelism", Question(
                     })),
             })),
         "no": Answer("the model must be split", Question(
-            "fits_one_node", "Does it fit on the GPUs of one node?", {
+            "fits_one_node", "Do weights plus the KV for the target batch fit on the GPUs "
+                             "of one node?", {
                 "yes": Answer("split within a node", Question(
                     "interconnect", "How are the GPUs linked?", {
                         "nvlink": Answer("all-reduces are cheap", _tp),

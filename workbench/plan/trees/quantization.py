@@ -10,6 +10,12 @@ _int4 = Leaf("INT4 (AWQ)", (
 ), ("INT4 (GPTQ)",))
 
 _quality = "How much quality loss is acceptable?"
+_fp8_question = "Do the GPUs have FP8 tensor cores (Hopper H100 / H200, Ada L4 / L40S)?"
+_fp8 = Leaf("FP8 (W8A8)", (
+    "FP8 weights and activations halve memory traffic and double the compute peak on "
+    "Hopper / Ada",
+    "usually within noise of BF16 on quality benchmarks",
+), ("INT8 (SmoothQuant)",))
 
 TREE = Tree("quantization", Question("hardware", "Where does it run?", {
     "cpu_or_edge": Answer("CPU / laptop inference runs GGUF in llama.cpp or Ollama", Question(
@@ -31,12 +37,8 @@ TREE = Tree("quantization", Question("hardware", "Where does it run?", {
                     "the reference precision every published benchmark uses",
                 ))),
                 "tolerant": Answer("trade a little quality for throughput", Question(
-                    "fp8_hardware", "Do the GPUs have FP8 tensor cores (Hopper, Ada)?", {
-                        "yes": Answer("FP8 runs at twice the BF16 peak", Leaf("FP8 (W8A8)", (
-                            "FP8 weights and activations halve memory traffic and double the "
-                            "compute peak on Hopper / Ada",
-                            "usually within noise of BF16 on quality benchmarks",
-                        ), ("INT8 (SmoothQuant)",))),
+                    "fp8_hardware", _fp8_question, {
+                        "yes": Answer("FP8 runs at twice the BF16 peak", _fp8),
                         "no": Answer("Ampere and older: INT8 tensor cores", Leaf(
                             "INT8 (SmoothQuant W8A8)", (
                                 "SmoothQuant moves activation outliers into the weights so "
@@ -45,13 +47,25 @@ TREE = Tree("quantization", Question("hardware", "Where does it run?", {
                             ), ("INT8 weight-only",))),
                     })),
             })),
-            "int8": Answer("BF16 does not fit; 8 bits do", Question("quality", _quality, {
-                "strict": Answer("smallest safe step", Leaf("INT8 weight-only (W8A16)", (
-                    "per-channel INT8 weights are near-lossless",
-                    "halves weight memory; activations stay 16-bit",
-                ), ("FP8 (W8A8)",))),
-                "tolerant": Answer("go further for KV room", _int4),
-            })),
+            "int8": Answer("BF16 does not fit; 8 bits (INT8 or FP8) do", Question(
+                "fp8_hardware", _fp8_question, {
+                    "yes": Answer("8-bit weights in FP8 also run at twice the BF16 peak", Leaf(
+                        "FP8 (W8A8)", (
+                            "8-bit weights fit where BF16 does not, and FP8 tensor cores "
+                            "(Hopper, Ada: L4, L40S) compute on them at twice the BF16 peak",
+                            "usually within noise of BF16 on quality benchmarks, so no reason "
+                            "to go to 4 bits",
+                        ), ("INT8 weight-only (W8A16)", "INT4 (AWQ)"))),
+                    "no": Answer("Ampere and older: INT8 or 4 bits", Question(
+                        "quality", _quality, {
+                            "strict": Answer("smallest safe step", Leaf(
+                                "INT8 weight-only (W8A16)", (
+                                    "per-channel INT8 weights are near-lossless",
+                                    "halves weight memory; activations stay 16-bit",
+                                ), ("INT8 (SmoothQuant W8A8)",))),
+                            "tolerant": Answer("go further for KV room", _int4),
+                        })),
+                })),
             "int4": Answer("only 4-bit weights fit", Question("quality", _quality, {
                 "strict": Answer("quality outranks GPU count", Leaf(
                     "BF16 on more GPUs (tensor parallel)", (
@@ -68,4 +82,5 @@ TREE = Tree("quantization", Question("hardware", "Where does it run?", {
             ), ("a smaller model", "a GPU with more memory"))),
         })),
 }), source="AWQ (Lin et al. 2023), GPTQ (Frantar et al. 2022), SmoothQuant (Xiao et al. "
-           "2022), llama.cpp GGUF quantization docs")
+           "2022), FP8 formats (Micikevicius et al. 2022; FP8 tensor cores in the NVIDIA Hopper "
+           "and Ada Lovelace architecture whitepapers), llama.cpp GGUF quantization docs")

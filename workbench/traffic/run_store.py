@@ -1,5 +1,8 @@
 """The run store: runs/<run-id>/{requests.parquet, steps.parquet, manifest.json}.
 
+Every run directory (real runs, profiles, simulations) is written by `store_run`, whose
+manifest comes from the one builder, `build_manifest`: the environment is recorded the same
+way everywhere and secrets (API keys, credentials in URLs) never reach the disk.
 A run directory is staged under a hidden name and renamed into place in one step, so an
 interrupted run never leaves half-written files behind.
 """
@@ -15,15 +18,21 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
 import workbench
 from workbench.engine.telemetry import STEP_COLUMNS
+from workbench.traffic.metrics import REQUEST_COLUMNS
 
-REQUEST_COLUMNS = ["request_id", "arrival", "first_scheduled", "first_token", "finish",
-                   "prompt_tokens", "output_tokens", "finish_reason", "ttft", "tpot", "e2e",
-                   "itl_mean", "cached_prompt_tokens", "preemptions"]
+# Per-request columns beyond the contract's, written when a driver records them.
+EXTRA_REQUEST_COLUMNS = ("token_times", "send_lateness", "error", "output_tokens_source",
+                         "replica")
+# Manifest keys whose values are secrets: kept as "<redacted>" so a reader sees one was set.
+SECRET_KEYS = frozenset({"api_key", "api_keys", "authorization", "password", "secret",
+                         "token", "access_token", "hf_token"})
+REDACTED = "<redacted>"
 
 
 @dataclass(slots=True)
@@ -59,10 +68,49 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def requests_frame(records: list[dict]) -> pd.DataFrame:
-    cols = REQUEST_COLUMNS + [c for c in ("token_times", "send_lateness", "error", "replica")
-                              if any(c in r for r in records)]
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    """Per-request record dicts (from the drivers or the simulator) -> the requests table of a
+    run directory: the contract's columns, then whichever extras the records carry."""
+    cols = REQUEST_COLUMNS + [c for c in EXTRA_REQUEST_COLUMNS if any(c in r for r in records)]
     return pd.DataFrame(records, columns=cols)
+
+
+def redact_secrets(value):
+    """A copy with secret values replaced and credentials dropped from URLs, at any depth."""
+    if isinstance(value, dict):
+        return {k: (REDACTED if str(k).lower() in SECRET_KEYS and v not in (None, "", [])
+                    else redact_secrets(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_secrets(v) for v in value]
+    if isinstance(value, str) and "@" in value and "://" in value:
+        parts = urlsplit(value)
+        if parts.username or parts.password:
+            host = parts.hostname or ""
+            netloc = f"{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc))
+    return value
+
+
+def build_manifest(run_id: str, kind: str, started: str, *, scenario=None, **fields) -> dict:
+    """The manifest of every run directory: id, kind ("real" | "profile" | "simulated"), start
+    time, the scenario (if any), the caller's fields, and the environment; secrets redacted."""
+    manifest: dict = {"run_id": run_id, "kind": kind, "started": started}
+    if scenario is not None:
+        manifest["scenario"] = (scenario.model_dump(mode="json")
+                                if hasattr(scenario, "model_dump") else scenario)
+    manifest.update(fields)
+    manifest.update(environment())
+    return redact_secrets(manifest)
+
+
+def store_run(out_root: str | Path, name: str, kind: str, requests: pd.DataFrame,
+              steps: pd.DataFrame | None, started: str | None = None, *, scenario=None,
+              **fields) -> Path:
+    """Name a new run, build its manifest and write its directory; return the directory."""
+    run_id = new_run_id(name)
+    started = started or dt.datetime.now(dt.UTC).isoformat()
+    manifest = build_manifest(run_id, kind, started, scenario=scenario, **fields)
+    return write_run(out_root, run_id, requests, steps, manifest)
 
 
 def write_run(out_root: str | Path, run_id: str, requests: pd.DataFrame,

@@ -1,4 +1,4 @@
-"""Execute a scenario against its target and store the run."""
+"""Execute a scenario against its target and store the run (see run_store for the layout)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 from workbench.progress import progress_bar
 from workbench.traffic.arrivals import ClosedLoop
 from workbench.traffic.metrics import summarize
-from workbench.traffic.runs import environment, new_run_id, requests_frame, write_run
+from workbench.traffic.run_store import records_frame, store_run
 from workbench.traffic.scenario import EngineTarget, Scenario
-from workbench.traffic.workload import build_requests, token_ids_to_text
+from workbench.traffic.workload import build_requests, check_inputs
 
 
 def make_engine(scenario: Scenario):
@@ -21,10 +21,15 @@ def make_engine(scenario: Scenario):
 
 
 def run_scenario(scenario: Scenario, out: str | Path = "runs", engine=None,
-                 progress: bool = True, max_wall_s: float | None = None) -> Path:
+                 progress: bool = True, max_wall_s: float | None = None,
+                 log=print) -> Path:
     """Drive the scenario's target, write runs/<run-id>/ and return that directory.
 
-    Pass `engine` to reuse a loaded engine (e.g. across a sweep); it must be idle."""
+    Pass `engine` to reuse a loaded engine (e.g. across a sweep); it must be idle. The
+    scenario's files are read before any model loads. Ctrl-C ends the drive early; the
+    completed requests are stored and the manifest says `stopped_by: "interrupt"`. What the
+    driver found wrong with the target is logged and kept as the manifest's `warnings`."""
+    check_inputs(scenario)
     target = scenario.target
     started = dt.datetime.now(dt.UTC).isoformat()
     loop = scenario.arrival if isinstance(scenario.arrival, ClosedLoop) else None
@@ -32,7 +37,6 @@ def run_scenario(scenario: Scenario, out: str | Path = "runs", engine=None,
                     concurrency=loop.concurrency if loop else None,
                     think_time_s=loop.think_time_s if loop else 0.0,
                     max_wall_s=max_wall_s or _wall_bound(scenario))
-    bar = progress_bar(0, progress, "requests")
     steps = None
     if isinstance(target, EngineTarget):
         from workbench.engine.telemetry import telemetry_frame
@@ -41,40 +45,30 @@ def run_scenario(scenario: Scenario, out: str | Path = "runs", engine=None,
         engine = engine or make_engine(scenario)
         specs = build_requests(scenario, engine.model_config.vocab_size)
         first_step = len(engine.telemetry)
-        bar.total = len(specs)
+        bar = progress_bar(len(specs), progress, "requests")
         result = drive_engine(engine, specs, progress=bar, **drive_kw)
         steps = telemetry_frame(engine.telemetry[first_step:])
         steps[["t_start", "t_end"]] -= result.t0
         model_info = describe_engine(engine, target.model)
     else:
-        from workbench.traffic.http_driver import drive_http
+        from workbench.traffic.http_driver import drive_http, resolve_prompts
 
         specs = build_requests(scenario, target.vocab_size)
-        prompts = None
-        if target.prompt_format == "text":
-            from workbench.models.loader import load_tokenizer
-            from workbench.models.tiny import resolve_model
-
-            tok = load_tokenizer(resolve_model(target.tokenizer))
-            prompts = [token_ids_to_text(s.prompt_token_ids, tok) for s in specs]
-        bar.total = len(specs)
-        result = drive_http(target, specs, progress=bar, prompts=prompts, **drive_kw)
-        model_info = {"model": target.model, "url": target.url}
+        prompts, tokenizer, prompt_info = resolve_prompts(target, specs, log)
+        bar = progress_bar(len(specs), progress, "requests")
+        result = drive_http(target, specs, progress=bar, prompts=prompts, tokenizer=tokenizer,
+                            **drive_kw)
+        model_info = {"model": target.model, "url": target.url, **prompt_info}
     bar.close()
+    for w in result.warnings:
+        log(f"warning: {w}")
 
-    requests = requests_frame(sorted(result.records, key=lambda r: int(r["request_id"])))
-    manifest = {
-        "run_id": None, "kind": "real", "started": started,
-        "scenario": scenario.model_dump(mode="json"),
-        "target": model_info, "hardware": scenario.hardware,
-        "interrupted": result.interrupted, "num_requests_planned": len(specs),
-        "max_concurrency": result.max_concurrency,
-        "summary": summarize(requests, scenario.slos),
-        **environment(),
-    }
-    run_id = new_run_id(scenario.name)
-    manifest["run_id"] = run_id
-    return write_run(out, run_id, requests, steps, manifest)
+    requests = records_frame(sorted(result.records, key=lambda r: int(r["request_id"])))
+    return store_run(out, scenario.name, "real", requests, steps, started, scenario=scenario,
+                     target=model_info, hardware=scenario.hardware,
+                     interrupted=result.interrupted, stopped_by=result.stopped_by,
+                     num_requests_planned=len(specs), max_concurrency=result.max_concurrency,
+                     warnings=result.warnings, summary=summarize(requests, scenario.slos))
 
 
 def describe_engine(engine, name: str) -> dict:

@@ -1,0 +1,112 @@
+"""The one step-cost model (workbench.plan.step_cost): MoE experts, the embedding table, the
+overhead default, and the simulator, the planner and the calculator all pricing steps with it."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import replace
+
+import pytest
+
+from workbench.plan import get_hardware, get_model
+from workbench.plan.memory import active_param_count, weight_bytes_per_gpu
+from workbench.plan.roofline import decode_step, prefill_step
+from workbench.plan.step_cost import (
+    DEFAULT_STEP_OVERHEAD_S,
+    PEAK,
+    Batch,
+    StepCostModel,
+    step_cost,
+)
+from workbench.sim.roofline_model import RooflineStepModel
+
+H100 = get_hardware("h100-sxm")
+H100_BW = 3.35e12
+
+
+def test_moe_is_charged_the_routed_experts_in_the_simulator_as_in_the_plan():
+    # Mixtral on 2 H100s, one sequence: the plan said 6.4 ms, the simulator (every expert's
+    # weights read) 23.3 ms. Now both read what one token routes to: 2 of 8 experts.
+    m = get_model("mixtral-8x7b")
+    plan = decode_step(m, H100, 1, 0, tp=2).time_s
+    sim = RooflineStepModel(m, H100, "bf16", tp=2).predict_record(Batch.decode(1, 0))
+    assert sim == pytest.approx(plan, rel=1e-12)
+    assert round(plan * 1e3, 2) == 6.34
+    peak = StepCostModel(m, H100, tp=2, efficiency=PEAK)
+    one = peak.cost(Batch.decode(1, 0))
+    table = 32000 * 4096 * 2 / 2                # embedding table per GPU, not read
+    assert one.bytes_moved == pytest.approx(
+        2 * active_param_count(m) / 2 - table + 4096 * 2 / 2, rel=1e-3)
+    # FLOPs follow the routed experts at any batch.
+    assert peak.cost(Batch.decode(64, 0)).flops == pytest.approx(64 * one.flops)
+
+
+def test_expected_distinct_experts_touched():
+    model = StepCostModel(get_model("mixtral-8x7b"), H100, tp=2)
+    assert model.experts_touched(1) == pytest.approx(2)          # k
+    assert model.experts_touched(4) == pytest.approx(8 * (1 - 0.75**4))   # E(1-(1-k/E)^T)
+    assert model.experts_touched(256) == pytest.approx(8)        # every expert
+    assert StepCostModel(get_model("llama-3-8b"), H100).experts_touched(100) == 1
+
+
+def test_a_step_reads_embedding_rows_but_the_whole_lm_head():
+    m = get_model("llama-3-8b")                      # untied: table and head are separate
+    table = 128_256 * 4096 * 2
+    one = step_cost(m, H100, Batch.decode(1, 0), efficiency=PEAK)
+    assert one.bytes_moved == pytest.approx(weight_bytes_per_gpu(m) - table + 4096 * 2)
+    # FLOPs: 2 per block parameter, plus the LM head for the one row that samples.
+    blocks = active_param_count(m) - 2 * 128_256 * 4096
+    assert one.flops == pytest.approx(2 * blocks + 2 * 128_256 * 4096)
+    # A 512-token prompt samples once: the head's FLOPs are not paid 512 times.
+    fill = step_cost(m, H100, Batch.prefill(512), efficiency=PEAK)
+    attention = 4 * 32 * 32 * 128 * 512 * 513 / 2
+    assert fill.flops == pytest.approx(2 * blocks * 512 + 2 * 128_256 * 4096 + attention)
+    # Tied embeddings: the one table is the LM head, read in full every step.
+    tied = replace(m, tie_word_embeddings=True)
+    assert step_cost(tied, H100, Batch.decode(1, 0)).bytes_moved == pytest.approx(
+        weight_bytes_per_gpu(tied))
+
+
+def test_one_overhead_default_everywhere_and_it_adds_per_step():
+    from workbench.plan.capacity_analytic import Setup
+    from workbench.sim.capacity import cheapest_configuration
+
+    defaults = {
+        "RooflineStepModel": inspect.signature(RooflineStepModel).parameters[
+            "step_overhead_s"].default,
+        "cheapest_configuration": inspect.signature(cheapest_configuration).parameters[
+            "step_overhead_s"].default,
+        "decode_step": inspect.signature(decode_step).parameters["overhead_s"].default,
+        "prefill_step": inspect.signature(prefill_step).parameters["overhead_s"].default,
+        "Setup": Setup.__dataclass_fields__["overhead_s"].default,
+    }
+    assert set(defaults.values()) == {DEFAULT_STEP_OVERHEAD_S}, defaults
+    m, b = get_model("llama-3-8b"), Batch.decode(8, 1000)
+    with_overhead = step_cost(m, H100, b, overhead_s=0.002)
+    assert with_overhead.time_s == pytest.approx(step_cost(m, H100, b, overhead_s=0).time_s
+                                                  + 0.002)
+    with pytest.raises(ValueError, match="^overhead_s: must be >= 0"):
+        StepCostModel(m, H100, overhead_s=-1)
+
+
+def test_the_simulator_prices_its_own_step_records_with_the_plan_function():
+    from workbench.engine.telemetry import StepRecord
+
+    m = get_model("llama-3-8b")
+    rec = StepRecord(0, 0.0, 0.0, num_prefill_tokens=300, num_decode_seqs=20, num_seqs=21,
+                     sum_context_tokens=0, kv_blocks_used=0, kv_blocks_total=0,
+                     num_preempted=0, num_waiting=0, num_prefill_seqs=1,
+                     prefill_attention=300 * 200 + 300 * 301 // 2, decode_context=20 * 900,
+                     decode_max_context=1200)
+    sim = RooflineStepModel(m, H100, context=4096).predict_record(rec)
+    plan = step_cost(m, H100, Batch(300, 1, rec.prefill_attention, 20, 20 * 900)).time_s
+    assert sim == pytest.approx(plan, rel=1e-12)
+
+
+def test_sliding_window_caps_the_keys_a_query_reads():
+    m = get_model("mistral-7b")
+    window = m.sliding_window
+    assert window
+    capped = step_cost(m, H100, Batch.decode(4, 2 * window))
+    at_window = step_cost(m, H100, Batch.decode(4, window))
+    assert capped.bytes_moved == pytest.approx(at_window.bytes_moved)

@@ -1,0 +1,265 @@
+"""Analytic capacity: how many replicas of which size serve a request rate within a TPOT SLO,
+in closed form (no simulation; workbench.sim.capacity is the simulated search).
+
+The serving model is continuous batching with chunked prefill in steady state. `batch`
+sequences decode one token per step; a sequence lives `output_tokens` steps, so
+batch / output_tokens requests finish and as many join per step, each bringing a prefill of
+`prompt_tokens`. The average step therefore carries
+
+    batch decodes (mean context prompt + output/2) + batch x prompt / output prefill tokens
+
+and its time, priced by workbench.plan.step_cost like any simulated step, is the time per
+output token (TPOT) a request sees. A replica completes batch / (output_tokens x TPOT)
+requests per second. The operating batch is the largest whose TPOT meets the SLO, whose KV
+fits and that the engine's limits (max_num_seqs, max_num_batched_tokens) admit.
+Tensor-parallel all-reduce time and queueing are not modelled: the simulator checks those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbench.plan.budget import DEFAULT_RESERVE, max_concurrent_seqs, memory_plan, min_gpus
+from workbench.plan.cost import (
+    DEFAULT_UTILIZATION,
+    HOURS_PER_MONTH,
+    cost_from_simulation,
+    cost_per_million_tokens,
+    monthly_cost,
+    replicas_needed,
+)
+from workbench.plan.hardware import Hardware, get_hardware
+from workbench.plan.memory import canonical_precision, kv_dtype_for
+from workbench.plan.models_catalog import ModelArch, get_model
+from workbench.plan.names import check_positive
+from workbench.plan.step_cost import (
+    DEFAULT_EFFICIENCY,
+    DEFAULT_STEP_OVERHEAD_S,
+    Batch,
+    Efficiency,
+    StepCostModel,
+    compute_dtype,
+)
+from workbench.plan.trees.answers import GPUS_PER_NODE
+
+SECONDS_PER_MONTH = HOURS_PER_MONTH * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """Catalog entries and checked inputs: what every step-time evaluation needs."""
+
+    model: ModelArch
+    hw: Hardware
+    precision: str
+    kv_dtype: str
+    efficiency: Efficiency
+    prompt_tokens: int
+    output_tokens: int
+    reserve_fraction: float = DEFAULT_RESERVE
+    overhead_s: float = DEFAULT_STEP_OVERHEAD_S
+    max_num_seqs: int | None = None            # engine limits; None = only memory limits
+    max_num_batched_tokens: int | None = None
+
+    @property
+    def sequence_tokens(self) -> int:
+        """Tokens a request holds at its end: its KV peak."""
+        return self.prompt_tokens + self.output_tokens
+
+    @property
+    def decode_context(self) -> int:
+        """Mean cached tokens over a request's decode steps."""
+        return self.prompt_tokens + self.output_tokens // 2
+
+    def step_model(self, tp: int) -> StepCostModel:
+        return StepCostModel(self.model, self.hw, self.precision, self.kv_dtype, tp,
+                             self.efficiency, self.overhead_s)
+
+    def chunk_tokens(self, batch: int) -> float:
+        """Prefill tokens a step carries when it carries a prompt: the whole prompt, or what
+        the token budget leaves beside the batch's decodes (chunked prefill)."""
+        if self.max_num_batched_tokens is None:
+            return self.prompt_tokens
+        return max(1, min(self.prompt_tokens, self.max_num_batched_tokens - batch))
+
+    def prefill_share(self, batch: int) -> float:
+        """Steps per step that carry a prefill chunk: batch / output prompts join per step,
+        each needing prompt / chunk chunk-steps (above 1: every step carries prefill)."""
+        return batch * self.prompt_tokens / self.output_tokens / self.chunk_tokens(batch)
+
+    def steady_batch(self, batch: int) -> Batch:
+        """The average step at `batch` sequences: their decodes and the prefills joining."""
+        joining = batch / self.output_tokens
+        n = self.prompt_tokens
+        return Batch(num_prefill_tokens=joining * n, num_prefill_seqs=joining,
+                     prefill_attention=joining * n * (n + 1) / 2, num_decode_seqs=batch,
+                     decode_context=batch * self.decode_context,
+                     decode_max_context=self.sequence_tokens)
+
+    def chunk_batch(self, batch: int) -> Batch:
+        """A step carrying one prefill chunk beside the decodes; a chunk of c tokens of an
+        n-token prompt averages c (n + 1) / 2 query-key pairs (n (n + 1) / 2 over n / c)."""
+        c, n = self.chunk_tokens(batch), self.prompt_tokens
+        return Batch(num_prefill_tokens=c, num_prefill_seqs=1,
+                     prefill_attention=c * (n + 1) / 2, num_decode_seqs=batch,
+                     decode_context=batch * self.decode_context,
+                     decode_max_context=self.sequence_tokens)
+
+    def cycle(self, batch: int, tp: int) -> tuple[float, float, float]:
+        """(decode-only step, one prompt's prefill alone, the mean step = TPOT), seconds.
+
+        A share p of steps carries a prefill chunk, the rest only decode, so the mean step is
+        (1 - p) x decode-only + p x with-chunk: averaging the step TIMES, not the batches,
+        because a step costs the max of its bytes and FLOPs (the mean of maxima exceeds the
+        max of means). With p >= 1 every step carries prefill and the average step is priced.
+        """
+        model = self.step_model(tp)
+        decode = model.seconds(Batch.decode(batch, self.decode_context))
+        share = self.prefill_share(batch)
+        if share >= 1:
+            tpot = model.seconds(self.steady_batch(batch))
+        else:
+            tpot = (1 - share) * decode + share * model.seconds(self.chunk_batch(batch))
+        return decode, model.seconds(Batch.prefill(self.prompt_tokens)), tpot
+
+    def requests_per_s(self, batch: int, tp: int) -> float:
+        """One replica's completions: batch / (output_tokens x TPOT)."""
+        return batch / (self.output_tokens * self.cycle(batch, tp)[2])
+
+    def max_seqs(self, tp: int) -> int:
+        """Sequences of prompt + output tokens whose KV fits."""
+        return max_concurrent_seqs(self.model, self.hw, self.precision, self.sequence_tokens,
+                                   self.kv_dtype, tp, self.reserve_fraction)
+
+    def batch_limit(self, tp: int) -> int:
+        """The largest batch memory and the engine's limits admit (0: not one fits)."""
+        top = self.max_seqs(tp)
+        if self.max_num_seqs is not None:
+            top = min(top, self.max_num_seqs)
+        if self.max_num_batched_tokens is not None:
+            # Each step's decodes plus its share of prefill tokens fit the token budget.
+            per_seq = 1 + self.prompt_tokens / self.output_tokens
+            top = min(top, int(self.max_num_batched_tokens // per_seq))
+        return top
+
+
+def resolve(model: str, gpu: str, precision: str, prompt_tokens: int, output_tokens: int,
+            kv_dtype: str = "auto", reserve_fraction: float = DEFAULT_RESERVE,
+            memory_efficiency: float = DEFAULT_EFFICIENCY.memory,
+            compute_efficiency: float = DEFAULT_EFFICIENCY.compute,
+            price_per_hour: float | None = None,
+            overhead_s: float = DEFAULT_STEP_OVERHEAD_S, max_num_seqs: int | None = None,
+            max_num_batched_tokens: int | None = None) -> Setup:
+    """Look up the catalogs and check the inputs, naming the field at fault."""
+    check_positive(prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+                   max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens)
+    m, hw = get_model(model), get_hardware(gpu, price_per_hour)
+    return setup_for(m, hw, precision, int(prompt_tokens), int(output_tokens), kv_dtype,
+                     reserve_fraction, efficiency_of(memory_efficiency, compute_efficiency),
+                     overhead_s, max_num_seqs, max_num_batched_tokens)
+
+
+def efficiency_of(memory: float, compute: float) -> Efficiency:
+    if (memory, compute) == (DEFAULT_EFFICIENCY.memory, DEFAULT_EFFICIENCY.compute):
+        return DEFAULT_EFFICIENCY   # keeps the published sources in the explanation
+    return Efficiency(memory, compute, "given by the user")
+
+
+def setup_for(m: ModelArch, hw: Hardware, precision: str, prompt_tokens: int,
+              output_tokens: int, kv_dtype: str = "auto",
+              reserve_fraction: float = DEFAULT_RESERVE,
+              efficiency: Efficiency = DEFAULT_EFFICIENCY,
+              overhead_s: float = DEFAULT_STEP_OVERHEAD_S, max_num_seqs: int | None = None,
+              max_num_batched_tokens: int | None = None) -> Setup:
+    """A Setup from catalog entries; a ValueError names a precision the GPU cannot run."""
+    p = canonical_precision(precision)
+    if not hw.peak_tflops.get(compute_dtype(p)):
+        have = [k for k, v in hw.peak_tflops.items() if v]
+        raise ValueError(f"precision: {hw.name} has no {compute_dtype(p)} tensor cores for "
+                         f"{p}; its peaks: {', '.join(have)}")
+    return Setup(m, hw, p, kv_dtype_for(p, kv_dtype), efficiency, prompt_tokens,
+                 output_tokens, reserve_fraction, overhead_s, max_num_seqs,
+                 max_num_batched_tokens)
+
+
+def operating_batch(setup: Setup, tp: int, tpot_slo_s: float) -> tuple[int, bool]:
+    """Largest admitted batch whose steady step meets the SLO; (1, False) if none does.
+
+    TPOT grows with the batch (more KV read, more prefill tokens per step), so a binary
+    search over [1, batch_limit] finds it.
+    """
+    top = setup.batch_limit(tp)
+    if top < 1 or setup.cycle(1, tp)[2] > tpot_slo_s:
+        return 1, False
+    lo, hi = 1, top                      # invariant: lo meets the SLO
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if setup.cycle(mid, tp)[2] <= tpot_slo_s else (lo, mid - 1)
+    return lo, True
+
+
+def auto_tp(setup: Setup, context: int, tpot_slo_s: float, rate_rps: float,
+            utilization: float = DEFAULT_UTILIZATION) -> tuple[int, str]:
+    """GPUs per replica: of the tensor-parallel sizes within one node that hold a
+    `context`-token request and meet the TPOT SLO, the one needing the fewest GPUs in all at
+    this rate (ties: the smaller size, fewer all-reduces); the fewest that fit if none meets
+    the SLO."""
+    m, hw = setup.model, setup.hw
+    fit = min_gpus(m, hw, setup.precision, context, setup.kv_dtype, setup.reserve_fraction)
+    if fit is None:  # memory_plan raises the error that says what would fit instead
+        memory_plan(m, hw, setup.precision, context, setup.kv_dtype, 1, setup.reserve_fraction)
+        raise AssertionError("unreachable: memory_plan raises when nothing fits")
+    best: tuple[int, int] | None = None   # (GPUs in all, tp)
+    for tp in range(fit, GPUS_PER_NODE + 1):
+        if m.num_heads % tp:
+            continue
+        batch, met = operating_batch(setup, tp, tpot_slo_s)
+        if met:
+            gpus = tp * replicas_needed(rate_rps, setup.requests_per_s(batch, tp), utilization)
+            best = min(best or (gpus, tp), (gpus, tp))
+    if best is None:
+        return fit, (f"auto: the fewest that fit; no tensor-parallel size up to {GPUS_PER_NODE} "
+                     "meets the TPOT SLO")
+    gpus, tp = best
+    if tp == fit:
+        return tp, "auto: the fewest that fit, and the cheapest that meet the TPOT SLO"
+    return tp, (f"auto: {fit} would fit, but {tp} per replica meet the TPOT SLO with the fewest "
+                f"GPUs in all ({gpus})")
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """Replicas for a rate and what they cost."""
+
+    rate_rps: float
+    replicas: int
+    gpus: int
+    utilization: float                    # achieved busy share: rate / fleet capacity
+    monthly_cost: float                   # always-on: GPUs x 730 h x price
+    monthly_cost_full_use: float          # pay only for busy GPU-seconds: the lower bound
+    gpu_seconds_per_token: float          # prompt + output tokens
+    cost_per_million_tokens: float        # at the achieved utilization
+    cost_per_million_output_tokens: float
+
+
+def fleet_at_rate(requests_per_s_per_replica: float, gpus_per_replica: int,
+                  price_per_gpu_hour: float, rate_rps: float, utilization: float,
+                  tokens_per_request: int, output_tokens: int) -> Fleet:
+    """Replicas = ceil(rate / (per-replica requests/s x target utilization)), and their cost.
+
+    Tokens are prompt + output (`tokens_per_request`); output tokens get their own $ per 1M.
+    """
+    check_positive(rate_rps=rate_rps)
+    per_replica, tp, price = requests_per_s_per_replica, gpus_per_replica, price_per_gpu_hour
+    replicas = replicas_needed(rate_rps, per_replica, utilization)
+    achieved = rate_rps / (replicas * per_replica)
+    gpu_s_per_token = tp / (per_replica * tokens_per_request)
+    return Fleet(
+        rate_rps=rate_rps, replicas=replicas, gpus=replicas * tp, utilization=achieved,
+        monthly_cost=cost_from_simulation(replicas, tp, HOURS_PER_MONTH, price),
+        monthly_cost_full_use=monthly_cost(rate_rps * SECONDS_PER_MONTH, tokens_per_request,
+                                           gpu_s_per_token, price),
+        gpu_seconds_per_token=gpu_s_per_token,
+        cost_per_million_tokens=cost_per_million_tokens(gpu_s_per_token, price, achieved),
+        cost_per_million_output_tokens=cost_per_million_tokens(
+            gpu_s_per_token * tokens_per_request / output_tokens, price, achieved))
