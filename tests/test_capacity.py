@@ -222,3 +222,56 @@ def test_engine_limits_cap_the_calculators_batch_as_they_cap_the_simulators():
     assert tokens.batch == 100
     with pytest.raises(ValueError, match="^max_num_seqs: must be > 0"):
         capacity_view(max_num_seqs=-1)
+
+
+def never_met(percentiles):
+    """An evaluate that misses at every rate, with these percentiles (no simulation)."""
+    def evaluate(scenario, fit, replicas, lb="least-outstanding", rate=None):
+        return sim_capacity.Evaluation(replicas, rate, False, dict(percentiles), 0.0)
+    return evaluate
+
+
+def test_max_rate_that_finds_no_rate_says_down_to_which_and_which_slo(monkeypatch):
+    # The floor passes (a request alone meets a 20 ms TPOT), but every simulated rate misses.
+    sc, model = scenario(rate=4.0, prompt=32, output=16, tpot=0.02, ttft=0.1, n=100), fit()
+    assert sim_capacity.slo_floor(sc, model) is None
+    monkeypatch.setattr(sim_capacity, "evaluate", never_met({"ttft": 0.05, "tpot": 0.03}))
+    rate, curve = sim_capacity.max_rate(sc, model, 1, start=1.0, max_halvings=3)
+    assert rate == 0.0 and min(e.rate for e in curve) == 0.125
+    why = sim_capacity.no_rate_met(rate, curve, sc)
+    assert why == ("no rate down to 0.125 req/s meets the SLOs: at that rate "
+                   "tpot p90 30.0 ms > 20 ms")
+    assert sim_capacity.no_rate_met(0.0, [], sc) is None     # slo_floor's case
+    assert sim_capacity.no_rate_met(2.0, curve, sc) is None
+
+
+def test_plan_capacity_fit_prints_the_reason_instead_of_zero_req_s(tmp_path, monkeypatch):
+    monkeypatch.setattr(sim_capacity, "evaluate", never_met({"ttft": 0.05, "tpot": 0.03}))
+    fit().save(tmp_path / "f.json")
+    sc = scenario(rate=4.0, prompt=32, output=16, tpot=0.02, ttft=0.1, n=100)
+    args = ["plan", "capacity", write(sc, tmp_path), "--fit", str(tmp_path / "f.json"),
+            "--max-replicas", "2"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "req/s within the SLOs" not in res.output
+    assert "one replica: no rate down to" in res.output and "tpot p90 30.0 ms > 20 ms" in res.output
+    data = json.loads(CliRunner().invoke(app, args + ["--json"]).output)
+    assert data["max_rate_one_replica"] == 0.0
+    assert data["max_rate_one_replica_why"].startswith("no rate down to")
+
+
+def test_plan_capacity_hardware_takes_a_hardware_file(tmp_path, monkeypatch):
+    from workbench.plan import hardware
+
+    monkeypatch.setattr(hardware, "_ADDED_FILES", [])   # the file is added for the process
+    # A 0.1 GiB GPU holds no Llama-3-8B at any TP up to 64: the row says so, no simulation.
+    path = tmp_path / "mine.yaml"
+    path.write_text("hardware:\n  tiny-gpu:\n    vendor: nvidia\n    memory_gib: 0.1\n"
+                    "    memory_bandwidth_gb_s: 100\n    peak_tflops: {bf16: 10}\n")
+    sc = write(scenario(rate=1.0, prompt=64, output=16, n=20), tmp_path)
+    args = ["plan", "capacity", sc, "--hardware", "tiny-gpu", "--model", "llama-3-8b"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "unknown 'tiny-gpu'" in res.output
+    res = CliRunner().invoke(app, args + ["--hardware-file", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "tiny-gpu: -  (model: llama-3-8b does not fit on 1 x tiny-gpu" in res.output

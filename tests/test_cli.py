@@ -133,7 +133,10 @@ def test_ctrl_c_ends_a_run_with_130_and_keeps_completed_requests(tmp_path):
         proc = subprocess.Popen(
             [sys.executable, "-m", "workbench", "run", str(f), "--out", str(tmp_path / "runs"),
              "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=os.environ.copy())
+            env=os.environ.copy(),
+            # A test suite started in the background (CI, `make test &`) inherits an ignored
+            # SIGINT, and Python then never raises KeyboardInterrupt: give the child Ctrl-C back.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while len(srv.bodies) < 4:  # three answered, the fourth held open
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

@@ -7,7 +7,13 @@ import math
 import pandas as pd
 import pytest
 
-from workbench.traffic.metrics import is_saturated, meets_slos, request_record, summarize
+from workbench.traffic.metrics import (
+    is_saturated,
+    meets_slos,
+    request_record,
+    slo_percentiles,
+    summarize,
+)
 
 
 def timeline():
@@ -54,6 +60,18 @@ def test_itl_percentiles_use_every_gap():
     gaps = sorted([0.2, 0.1, 0.3, 0.5, 0.5])
     assert s["itl_p50"] == pytest.approx(gaps[2])
     assert s["itl_mean"] == pytest.approx(sum(gaps) / 5)
+
+
+def test_slo_percentiles_count_completed_requests_only():
+    df = pd.DataFrame(timeline())  # TTFT of completed requests: 0.5, 0.2, 1.0
+    df.loc[3, "ttft"] = 100.0  # a failed request's value must not count
+    p = slo_percentiles(df, {"ttft": 0.5, "tpot": 0.1}, 90)
+    assert p["ttft"] == pytest.approx(0.5 + 0.8 * (1.0 - 0.5))
+    assert p["tpot"] == pytest.approx(0.2 + 0.9 * (0.5 - 0.2))  # b's missing TPOT left out
+    assert list(p) == ["ttft", "tpot"]
+    # no completed request: NaN, which fails any `value <= limit` check
+    failed = df.assign(finish_reason="error")
+    assert all(math.isnan(v) for v in slo_percentiles(failed, ["ttft", "e2e"], 90).values())
 
 
 def test_goodput_with_several_slos():
@@ -112,11 +130,22 @@ def test_request_metrics_columns_are_the_contract_in_one_place():
     import dataclasses
 
     from workbench.engine.outputs import RequestMetrics
-    from workbench.traffic.metrics import REQUEST_COLUMNS
-    from workbench.traffic.run_store import records_frame
+    from workbench.traffic.metrics import REQUEST_COLUMNS, records_frame
 
     assert [f.name for f in dataclasses.fields(RequestMetrics)] == REQUEST_COLUMNS
     assert list(records_frame([])) == REQUEST_COLUMNS
+
+
+def test_engine_requests_frame_is_the_run_store_table():
+    from workbench.engine import RequestMetrics, requests_frame
+    from workbench.traffic import run_store
+    from workbench.traffic.metrics import records_frame
+
+    assert run_store.records_frame is records_frame  # one builder, re-exported
+    recs = timeline()
+    frame = requests_frame([RequestMetrics(**r) for r in recs])
+    pd.testing.assert_frame_equal(frame, records_frame(recs))
+    assert list(requests_frame([])) == list(records_frame([]))
 
 
 def test_engine_request_metrics_come_from_request_record():
@@ -139,6 +168,22 @@ def test_metrics_import_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
             "import workbench.traffic.metrics, workbench.traffic.drive_result\n"
             "assert 'workbench.engine' not in sys.modules")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def test_metrics_is_a_leaf_module():
+    """engine.outputs imports workbench.traffic.metrics: it must pull in no other workbench
+    module (nor torch or pandas), so the engine does not depend on the traffic layer above."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['pandas'] = None\n"
+            "import workbench.traffic.metrics\n"
+            "loaded = sorted(m for m in sys.modules if m.startswith('workbench'))\n"
+            "assert loaded == ['workbench', 'workbench.traffic', 'workbench.traffic.metrics'], "
+            "loaded")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr

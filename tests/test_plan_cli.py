@@ -91,7 +91,8 @@ def test_memory_answers_when_the_model_does_not_fit_and_says_which_tp_does():
     res = runner.invoke(plan_app, ["memory", "--model", "llama-2-70b", "--gpu", "h100",
                                    "--context", "4096"])
     assert res.exit_code == 0, res.output
-    assert "the weights need TP=2, the smallest tensor-parallel size" in res.output
+    assert "its bf16 weights (138.0 GB per GPU) exceed" in res.output
+    assert "it needs 2 x h100-sxm (TP=2, the smallest tensor-parallel size" in res.output
     data = _json(["memory", "--model", "llama-2-70b", "--gpu", "h100", "--context", "4096"])
     kv = kv_estimate(M70, 4096, "bf16")
     assert data["fits"] is False and data["max_concurrent_seqs"] == 0

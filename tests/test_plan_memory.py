@@ -200,3 +200,32 @@ def test_kv_per_request_of_the_whole_replica():
     # 16 GPUs, 8 KV heads: each head is held twice, so the replica holds twice the model's KV.
     assert kv_estimate(m, 4096, "bf16", tp=16).bytes_per_request_replica == (
         2 * one.bytes_per_request)
+
+
+def test_one_smallest_tp_and_the_tp_sizes_that_divide_the_heads():
+    from workbench.plan.budget import min_tp, tp_sizes
+
+    m, l4 = get_model("llama-2-70b"), get_hardware("l4")     # 64 heads
+    assert list(tp_sizes(m, 8)) == [1, 2, 4, 8] and list(tp_sizes(m, 64, start=3)) == [
+        4, 8, 16, 32, 64]
+    assert list(tp_sizes(get_model("qwen2-7b"), 8)) == [1, 2, 4, 7]     # 28 heads
+    for p in ("bf16", "int4"):
+        assert min_gpus(m, l4, p, 4096) == min_tp(m, l4, p, 4096, 1)
+    assert min_tp(m, l4, "int4", 4096, concurrency=64) > min_tp(m, l4, "int4", 4096)
+
+
+def test_memory_fit_answers_without_raising_and_memory_plan_raises_its_advice():
+    from workbench.plan.budget import fit_advice, memory_fit
+
+    m, l4 = get_model("llama-2-70b"), get_hardware("l4")
+    plan = memory_fit(m, l4, "int4", 4096)
+    assert not plan.fits and plan.max_concurrent_seqs == 0 and plan.tp == 1
+    advice = fit_advice(m, l4, plan)
+    assert advice.min_tp == min_gpus(m, l4, "int4", 4096) == advice.at_min_tp.tp
+    assert advice.at_min_tp.fits
+    with pytest.raises(ModelDoesNotFitError) as e:
+        memory_plan(m, l4, "int4", 4096)
+    assert str(e.value) == "model: " + advice.text
+    fits = memory_fit(m, l4, "int4", 4096, tp=advice.min_tp)
+    assert fits == memory_plan(m, l4, "int4", 4096, tp=advice.min_tp)
+    assert fit_advice(m, l4, fits).text.startswith("fits: ")

@@ -103,3 +103,15 @@ def test_efficiency_from_engine_measurement():
 def test_missing_peak_names_the_available_dtypes():
     with pytest.raises(ValueError, match="compute_dtype: a100-80gb has no 'fp8'.*bf16"):
         decode_step(get_model("llama-2-7b"), get_hardware("a100-80gb"), precision="fp8")
+
+
+def test_phase_steps_are_step_costs_naming_their_phase_and_batch():
+    from workbench.plan.step_cost import Batch, StepCost, step_cost
+
+    m, h100 = get_model("llama-2-7b"), get_hardware("h100-sxm")
+    d = decode_step(m, h100, 8, 1024)
+    assert isinstance(d, StepCost) and (d.phase, d.batch) == ("decode", 8)
+    assert d.time_s == step_cost(m, h100, Batch.decode(8, 1024)).time_s
+    p = prefill_step(m, h100, 512, 2)
+    assert (p.phase, p.batch, p.tokens) == ("prefill", 2, 1024)
+    assert {"phase", "batch", "time_s", "bound", "tokens_per_s"} <= set(p.as_dict())

@@ -167,6 +167,31 @@ def test_decisions_give_reasons_and_alternatives():
     assert path["why it matters"].str.len().min() > 5 and "not needed" in path["answer"].tolist()
 
 
+def test_framework_concurrency_comes_from_the_run_by_littles_law():
+    given = {"use": "production", "hardware_vendor": "nvidia", "latency": "standard",
+             "hf_integration": "not_needed"}
+    sc = _scenario()  # Poisson at 2 req/s
+    # 2 req/s x 3 s mean E2E = 6 in flight: high; x 1.5 s = 3: low (the median is not used)
+    answers, facts = rt.run_framework_answers(sc, {"e2e_mean": 3.0, "e2e_p50": 1.0}, given)
+    assert answers == given | {"concurrency": "high"} and facts["requests_in_flight"] == 6
+    assert rt.in_flight_text(facts) == ("Requests in flight (Little's law): 2 req/s x 3,000 ms "
+                                        "mean E2E ≈ 6, more than 4: high concurrency.")
+    answers, facts = rt.run_framework_answers(sc, {"e2e_mean": 1.5}, given)
+    assert answers["concurrency"] == "low" and "at most 4: low" in rt.in_flight_text(facts)
+    # no single rate (closed loop): the measured offered rate
+    closed = _scenario(arrival={"kind": "closed_loop", "concurrency": 8})
+    _, facts = rt.run_framework_answers(closed, {"e2e_mean": 2.0,
+                                                 "offered_request_rate": 4.0}, given)
+    assert facts["requests_in_flight"] == 8
+    with pytest.raises(ValueError, match="^concurrency: derived"):
+        rt.run_framework_answers(sc, {"e2e_mean": 1.0}, given | {"concurrency": "high"})
+    with pytest.raises(ValueError, match="^concurrency: needs"):
+        rt.run_framework_answers(sc, {"e2e_mean": float("nan")}, given)
+    from workbench.plan import recommend
+
+    assert recommend("framework", answers).recommendation  # a complete answer set
+
+
 def test_capacity_sentence():
     assert rt.capacity_text(1, 32, 4.0, 12.345) == (
         "Simulated on the measured engine: **1 replica** meets every SLO at the scenario's "

@@ -112,6 +112,33 @@ def test_interrupted_drive_keeps_what_finished(tiny_engine_factory):
     assert not eng.has_unfinished()  # the rest was aborted, the engine is clean
 
 
+def test_a_profiles_max_model_len_does_not_limit_a_simulated_scenario(tiny_engine_factory):
+    """A profile run with max_model_len=64 records the model's own limit, so a scenario that
+    sets no max_model_len simulates with the limit the engine would use: its 120-token
+    requests are served, not rejected."""
+    from workbench.fit.features import FEATURES
+    from workbench.fit.from_runs import describe_fit_target
+    from workbench.fit.step_model import StepTimeModel
+    from workbench.sim.simulator import simulate_requests
+    from workbench.traffic.run_scenario import describe_engine
+
+    profiled = tiny_engine_factory(max_model_len=64, max_num_seqs=4)
+    target = describe_engine(profiled, "tiny")  # what a profile's manifest records
+    assert target["effective_max_model_len"] == 64
+    assert target["max_model_len"] == profiled.model_config.max_position_embeddings > 120
+    model, engine = describe_fit_target(target)  # what fit_from_runs keeps of it
+    fit = StepTimeModel(dict.fromkeys(FEATURES, 0.0) | {"const": 1e-3}, model, engine)
+    sc = parse_scenario({"name": "long", "arrival": {"kind": "constant", "rate": 10.0},
+                         "prompt_tokens": {"dist": "fixed", "value": 100},
+                         "output_tokens": {"dist": "fixed", "value": 20}, "num_requests": 3,
+                         "target": {"kind": "engine", "model": "tiny",
+                                    "engine": {"max_num_seqs": 4}}})
+    reqs, sim, _, _ = simulate_requests(sc, fit)
+    assert sim.replicas[0].max_model_len == profiled.model_config.max_position_embeddings
+    assert reqs["finish_reason"].tolist() == ["length"] * 3
+    assert reqs["output_tokens"].tolist() == [20] * 3
+
+
 def test_run_store_is_atomic(tmp_path):
     class Unwritable:
         def to_parquet(self, *a, **k):

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from tests.test_server_worker import drain
 from workbench.engine import SamplingParams
 from workbench.server.app import create_app
 from workbench.server.background import serve_in_thread
@@ -49,10 +50,7 @@ def test_waiting_submissions_hold_no_pool_threads(tiny_engine_factory):
         assert probe in done and probe.result() is False, "the pool was starved by submissions"
         sinks = [first, *await asyncio.gather(*burst)]
         for sink in sinks:
-            out = None
-            while out is None or not out.finished:
-                out = await asyncio.wait_for(sink.get(), 120)
-            assert out.finish_reason == "length"
+            assert (await drain(sink, 120)).finish_reason == "length"
 
     try:
         asyncio.run(scenario())

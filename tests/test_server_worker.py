@@ -14,7 +14,17 @@ import pytest
 from workbench.engine import SamplingParams
 from workbench.server.app import create_app
 from workbench.server.background import serve_in_thread
-from workbench.server.worker import EngineFailure, EngineFault, EngineUnavailable, EngineWorker
+from workbench.server.worker import EngineFailure, EngineUnavailable, EngineWorker
+
+
+async def drain(sink: asyncio.Queue, timeout_s: float = 120.0):
+    """A request's final output: read its sink until finished, each wait bounded so that a lost
+    output fails the test instead of hanging it."""
+    out = None
+    while out is None or not out.finished:
+        out = await asyncio.wait_for(sink.get(), timeout_s)
+        assert not isinstance(out, EngineFailure), out.message
+    return out
 
 
 def test_a_failing_step_fails_requests_instead_of_hanging(tiny_engine_factory):
@@ -42,22 +52,19 @@ def test_a_failing_step_fails_requests_instead_of_hanging(tiny_engine_factory):
     assert not eng.has_unfinished()
 
 
-def test_one_requests_fault_fails_that_request_only(tiny_engine_factory):
-    """A lone surrogate reaching the engine makes the tokenizer raise TypeError: that request
-    fails (a 500-class EngineFault, or the engine's ValueError), the next one is served."""
+def test_bad_input_fails_that_request_only(tiny_engine_factory):
+    """A lone surrogate that gets past the HTTP layer is the client's mistake: the engine's
+    ValueError names the field (a 400, not an EngineFault's 500), and the next one is served."""
     eng = tiny_engine_factory()
     worker = EngineWorker(eng)
     worker.start()
     params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
 
     async def scenario():
-        with pytest.raises((EngineFault, ValueError)):
+        with pytest.raises(ValueError, match="^prompt: not valid Unicode text"):
             await asyncio.wait_for(worker.submit("bad", "\ud800", params), 30)
         sink = await asyncio.wait_for(worker.submit("good", "hello", params), 30)
-        out = None
-        while out is None or not out.finished:
-            out = await asyncio.wait_for(sink.get(), 30)
-        assert out.finish_reason == "length"
+        assert (await drain(sink, 30)).finish_reason == "length"
 
     try:
         asyncio.run(scenario())
@@ -65,6 +72,42 @@ def test_one_requests_fault_fails_that_request_only(tiny_engine_factory):
     finally:
         worker.stop()
     assert worker.dead is not None and not eng.has_unfinished()
+
+
+def test_an_engine_fault_in_one_request_is_a_500_and_the_server_keeps_serving(
+        tiny_engine_factory):
+    """add_request raising something other than ValueError is the engine's fault, not the
+    client's: that request gets a 500 with an OpenAI-style body, and nothing else is hurt.
+    Two shapes of fault: before the engine took the request (as the tokenizer once raised
+    TypeError on a lone surrogate), and after it did (so the worker must take it back)."""
+    eng = tiny_engine_factory()
+    real_add = eng.add_request
+
+    def faulty_add(request_id, prompt, params=None, **kw):
+        if prompt == "fault before":
+            raise TypeError("tokenizer choked")
+        rid = real_add(request_id, prompt, params, **kw)
+        if prompt == "fault after":
+            raise RuntimeError("bookkeeping broke")
+        return rid
+
+    eng.add_request = faulty_add
+    with serve_in_thread(create_app(eng, "tiny")) as url:
+        for prompt, stream, message in [("fault before", False, "TypeError: tokenizer choked"),
+                                        ("fault after", True, "RuntimeError: bookkeeping broke")]:
+            r = httpx.post(f"{url}/v1/completions", timeout=60, json={
+                "prompt": prompt, "max_tokens": 1500, "ignore_eos": True, "stream": stream})
+            assert r.status_code == 500, r.text
+            assert r.json() == {"error": {"message": f"engine failure: {message}",
+                                          "type": "server_error", "param": None,
+                                          "code": None}}
+        ok = httpx.post(f"{url}/v1/completions", timeout=60, json={
+            "prompt": "Hi", "max_tokens": 2, "ignore_eos": True, "temperature": 0})
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+        health = httpx.get(f"{url}/health", timeout=30)
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        # The half-added request (1500 tokens) was aborted, not left generating for nobody.
+        assert not eng.has_unfinished()
 
 
 def _break_engine_on(eng, flag: threading.Event) -> None:

@@ -327,3 +327,23 @@ def test_feature_matrix_figure_has_a_row_per_framework():
 
     table = feature_matrix_figure().data[0]
     assert list(table.cells.values[0]) == list(FRAMEWORKS)
+
+
+def test_the_view_copies_the_plans_operating_point(view):
+    from workbench.plan.capacity_analytic import operating_point
+    from workbench.widgets.capacity import setup_of
+
+    setup = setup_of(view)
+    op = operating_point(setup, view.tp, 0.050, 8192, 1.0)
+    at = op.at
+    assert (op.batch, op.tpot_slo_met, op.ttft_slo_met) == (
+        view.batch, view.tpot_slo_met, view.ttft_slo_met)
+    assert (at.output_tokens_per_s, at.requests_per_s) == (
+        view.output_tokens_per_s, view.requests_per_s)
+    assert at.output_tokens_per_s == pytest.approx(view.batch / at.tpot_s)
+    assert at.requests_per_s == pytest.approx(view.batch / (OUT * at.tpot_s))
+    assert view.ttft_floor_ms == pytest.approx((at.prefill_s + at.tpot_s) * 1e3)
+    assert (op.kv_in_use_gb, op.kv_free_gb, op.reserve_gb) == (
+        view.kv_in_use_gb, view.kv_free_gb, view.reserve_gb)
+    row = next(r for r in batch_curve(view) if r["batch"] == view.batch)
+    assert row["requests_per_s"] == setup.requests_per_s(view.batch, view.tp) == at.requests_per_s

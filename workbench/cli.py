@@ -9,6 +9,7 @@ import typer
 
 from workbench.cli_errors import user_errors
 from workbench.plan.cli import plan_app
+from workbench.plan.cli_options import HardwareFile
 from workbench.plan.cost import DEFAULT_UTILIZATION
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -277,6 +278,7 @@ def capacity(
     max_replicas: int = 64,
     set_: Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value")] = None,
     allow_mismatch: bool = False,
+    hardware_file: HardwareFile = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Fewest replicas meeting the scenario's SLOs: on the measured engine (--fit), or across
@@ -295,7 +297,7 @@ def capacity(
                               max_replicas, json_out, goal)
         return
     from workbench.fit import load_fit
-    from workbench.sim.capacity import max_rate, min_replicas, slo_floor
+    from workbench.sim.capacity import max_rate, min_replicas, no_rate_met, slo_floor
     from workbench.sim.simulator import check_fit_matches
 
     fit = load_fit(fit_file)
@@ -304,9 +306,10 @@ def capacity(
     unreachable = slo_floor(sc, fit)   # cheap: then nothing is simulated
     n, tried = min_replicas(sc, fit, lb, max_replicas)
     one, curve = max_rate(sc, fit, 1, lb, start=max(0.1, (target_rate or 4.0) / 4))
+    one_why = unreachable or no_rate_met(one, curve, sc)
     result = {"replicas": n, "rate": target_rate, "lb": lb, "slo": sc.slos,
               "percentile": sc.slo.percentile, "max_rate_one_replica": one,
-              "no_rate_meets_slos": unreachable,
+              "no_rate_meets_slos": unreachable, "max_rate_one_replica_why": one_why,
               "evaluations": [asdict(e) for e in tried],
               "goodput_curve": [asdict(e) for e in curve]}
     if json_out:
@@ -326,7 +329,10 @@ def capacity(
                    f"{missed_slos(tried[-1], sc)})")
     else:
         typer.echo(f"replicas needed: {n}")
-    typer.echo(f"one replica sustains about {one:.2f} req/s within the SLOs")
+    if one_why:
+        typer.echo(f"one replica: {one_why}")
+    else:
+        typer.echo(f"one replica sustains about {one:.2f} req/s within the SLOs")
 
 
 def _capacity_by_hardware(sc, hardware, model, precision, tp, utilization, calibrate, lb,

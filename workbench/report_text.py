@@ -1,22 +1,22 @@
 """Words and tables for the design-review report: what a reviewer reads instead of dict reprs.
 
-Every function here formats; none measures or models. Latencies are shown in milliseconds
-with a precision that suits their size, rates in req/s, money in dollars. Bounds a user did
-not set (a length clip at its default, say) are left out rather than printed as numbers.
+Every function here formats; none measures or models (run_framework_answers only hands the
+measured rate and latency to the plan's Little's-law answer). Latencies are shown in
+milliseconds with a precision that suits their size, rates in req/s, money in dollars. Bounds a
+user did not set (a length clip at its default, say) are left out rather than printed as numbers.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
+
+from workbench.traffic.metrics import slo_percentiles
 
 METRIC_NAMES = {"ttft": "TTFT", "tpot": "TPOT", "e2e": "E2E", "itl": "ITL"}
 METRIC_MEANING = {"ttft": "time to first token", "tpot": "time per output token",
                   "e2e": "end-to-end latency", "itl": "inter-token latency"}
-# Length clips a scenario gets when it sets none (workbench.traffic.lengths._Dist).
-_DEFAULT_MIN, _DEFAULT_MAX = 1, 1_000_000
 # What one unit of each fitted step-time term is (workbench.fit.features).
 FIT_TERMS = {"const": "per step (fixed cost)", "prefill_tokens": "per prompt token prefilled",
              "prefill_attention": "per query-key pair in prefill attention",
@@ -71,7 +71,12 @@ def gpu_label(name: str) -> str:
 # ---- the scenario, in words ---------------------------------------------------------------
 
 def describe_lengths(d) -> str:
-    """'lognormal, median 128 tokens (8–1,024)'; clips left at their defaults are omitted."""
+    """'lognormal, median 128 tokens (8–1,024)'; clips left at their defaults are omitted.
+
+    The defaults are read from the distribution's own model fields (workbench.traffic.lengths),
+    so they cannot drift from what a scenario gets when it sets no clip."""
+    fields = type(d).model_fields
+    default_min, default_max = fields["min"].default, fields["max"].default
     kind = d.dist
     if kind == "fixed":
         text = f"fixed at {num(d.value)} tokens"
@@ -81,19 +86,19 @@ def describe_lengths(d) -> str:
         lo, hi = d.low, d.high
     elif kind == "normal":
         text = f"normal, mean {num(d.mean)} ± {num(d.std)} tokens"
-        lo, hi = _DEFAULT_MIN, _DEFAULT_MAX
+        lo, hi = default_min, default_max
     elif kind == "lognormal":
         text = f"lognormal, median {num(d.median)} tokens"
-        lo, hi = _DEFAULT_MIN, _DEFAULT_MAX
+        lo, hi = default_min, default_max
     elif kind == "empirical":
         text = (f"empirical, {len(d.values):,} observed lengths" if d.values is not None
                 else f"empirical, from {d.file}" + (f" column {d.column}" if d.column else ""))
-        lo, hi = _DEFAULT_MIN, _DEFAULT_MAX
+        lo, hi = default_min, default_max
     else:
         return str(kind)
     # Show a clip only where it cuts into the distribution and was set by the user.
-    cut_lo = d.min if d.min > max(lo, _DEFAULT_MIN) else None
-    cut_hi = d.max if d.max < min(hi, _DEFAULT_MAX) else None
+    cut_lo = d.min if d.min > max(lo, default_min) else None
+    cut_hi = d.max if d.max < min(hi, default_max) else None
     if cut_lo is not None and cut_hi is not None:
         text += f" ({num(cut_lo)}–{num(cut_hi)})"
     elif cut_lo is not None:
@@ -240,24 +245,21 @@ def scenario_table(sc) -> pd.DataFrame:
 
 # ---- what was measured --------------------------------------------------------------------
 
-def slo_percentile(requests: pd.DataFrame, metric: str, q: float) -> float:
-    done = requests[requests["finish_reason"].isin(["stop", "length"])][metric].dropna()
-    return float(np.percentile(done, q)) if len(done) else float("nan")
-
-
 def slo_verdict(sc, requests: pd.DataFrame, simulated: pd.DataFrame | None = None):
     """Per SLO metric: target, measured value at the SLO percentile, pass/fail (and the
     simulator's value when given)."""
     q = sc.slo.percentile
+    measured_at = slo_percentiles(requests, sc.slos, q)
+    simulated_at = slo_percentiles(simulated, sc.slos, q) if simulated is not None else None
     rows = []
     for m, limit in sc.slos.items():
-        measured = slo_percentile(requests, m, q)
+        measured = measured_at[m]
         row = {"metric": f"{METRIC_NAMES[m]} ({METRIC_MEANING[m]})",
                "target": f"≤ {format_ms(limit)}",
                f"measured p{num(q)}": format_ms(measured),
                "verdict": "pass" if measured <= limit else "FAIL"}
         if simulated is not None:
-            row[f"simulated p{num(q)}"] = format_ms(slo_percentile(simulated, m, q))
+            row[f"simulated p{num(q)}"] = format_ms(simulated_at[m])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -265,8 +267,8 @@ def slo_verdict(sc, requests: pd.DataFrame, simulated: pd.DataFrame | None = Non
 def verdict_text(sc, requests: pd.DataFrame) -> str:
     """'At p90 the run meets TPOT but misses TTFT and E2E.' (bold where it misses)."""
     q = sc.slo.percentile
-    met = [METRIC_NAMES[m] for m, v in sc.slos.items()
-           if slo_percentile(requests, m, q) <= v]
+    at = slo_percentiles(requests, sc.slos, q)
+    met = [METRIC_NAMES[m] for m, v in sc.slos.items() if at[m] <= v]
     missed = [METRIC_NAMES[m] for m in sc.slos if METRIC_NAMES[m] not in met]
     if not missed:
         return f"At p{num(q)} the run **meets every SLO** ({_join(met)})."
@@ -395,6 +397,44 @@ def _sentence(why: str | None) -> str:
     if why[:2].istitle():  # a capitalised word, not an acronym such as "SLOs"
         why = why[0].lower() + why[1:]
     return why + ("" if why.endswith(".") else ".")
+
+
+def run_framework_answers(sc, summary: dict, answers: dict, latency_s: float | None = None,
+                          latency_label: str = "mean E2E") -> tuple[dict, dict]:
+    """The framework questionnaire's `answers` with `concurrency` derived from the scenario
+    and its measured run by Little's law (workbench.plan.trees.answers.framework_answers):
+    requests in flight = the scenario's arrival rate (the measured offered rate when its
+    arrival process has no single rate: closed loop, piecewise, trace) x the measured mean
+    E2E (Little's law holds for the mean). `latency_s` replaces the measured E2E, e.g. with
+    the production deployment's simulated E2E, since the framework serves that model, not the
+    embedded one; `latency_label` says what it is. Facts: the rate, the latency, the result.
+
+    An explicit `concurrency` in `answers` is an error: the run answers it. When the run
+    cannot (no completed request, no measurable rate), that is an error too."""
+    from workbench.plan.trees.answers import framework_answers
+
+    if "concurrency" in answers:
+        raise ValueError("concurrency: derived from the scenario's rate and the measured E2E; "
+                         "leave it out of the answers")
+    rate = getattr(sc.arrival, "rate", None) or summary.get("offered_request_rate")
+    latency = summary.get("e2e_mean") if latency_s is None else latency_s
+    if not (rate and math.isfinite(rate) and latency and math.isfinite(latency)):
+        raise ValueError("concurrency: needs an arrival rate and a measured E2E (requests "
+                         f"in flight = rate x latency); got rate {rate}, E2E {latency}")
+    derived, facts = framework_answers(rate, latency)
+    return {**answers, **derived}, {"requests_per_s": rate, "e2e_mean_s": latency,
+                                    "latency_label": latency_label, **facts}
+
+
+def in_flight_text(facts: dict) -> str:
+    """'Requests in flight (Little's law): 4 req/s x 1,335 ms mean E2E ≈ 5.3, more than 4:
+    high concurrency.'"""
+    n, low = facts["requests_in_flight"], facts["low_concurrency_max"]
+    verdict = (f"at most {num(low)}: low concurrency" if n <= low
+               else f"more than {num(low)}: high concurrency")
+    return (f"Requests in flight (Little's law): {num(facts['requests_per_s'])} req/s x "
+            f"{format_ms(facts['e2e_mean_s'])} {facts.get('latency_label', 'mean E2E')} ≈ "
+            f"{num(float(f'{n:.2g}'))}, {verdict}.")
 
 
 def decision_text(decision, what: str) -> str:

@@ -119,6 +119,24 @@ def host_memory_available() -> int:
                      "kv_cache_memory (bytes) or num_kv_blocks")
 
 
+def host_memory_total() -> int:
+    """Bytes of host memory installed (what a machine's "memory" means in a hardware entry).
+
+    psutil's total when installed (portable, Windows included); otherwise sysconf's physical
+    pages (Linux, macOS, other Unixes)."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        return int(psutil.virtual_memory().total)
+    names = getattr(os, "sysconf_names", {})
+    found = _sysconf_pages({k: v for k, v in names.items() if k != "SC_AVPHYS_PAGES"})
+    if found:
+        return found
+    raise ValueError("memory: cannot read this machine's total memory (install psutil)")
+
+
 def _psutil_available() -> int | None:
     try:
         import psutil

@@ -73,10 +73,9 @@ def telemetry_frame(source):
 
 
 def requests_frame(metrics):
-    """RequestMetrics records -> pandas DataFrame with the per-request contract's columns."""
-    import pandas as pd
+    """RequestMetrics records -> pandas DataFrame with the per-request contract's columns:
+    `records_frame` of workbench.traffic.metrics (a leaf module, the one builder of that table;
+    the run store writes the same frame)."""
+    from workbench.traffic.metrics import records_frame
 
-    from workbench.engine.outputs import RequestMetrics
-
-    cols = [f.name for f in fields(RequestMetrics)]
-    return pd.DataFrame([m.as_dict() for m in metrics], columns=cols)
+    return records_frame([m.as_dict() for m in metrics])

@@ -19,7 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workbench.plan.budget import DEFAULT_RESERVE, max_concurrent_seqs, memory_plan, min_gpus
+from workbench.plan.budget import (
+    DEFAULT_RESERVE,
+    MemoryPlan,
+    max_concurrent_seqs,
+    memory_plan,
+    min_tp,
+    tp_sizes,
+)
 from workbench.plan.cost import (
     DEFAULT_UTILIZATION,
     HOURS_PER_MONTH,
@@ -29,7 +36,7 @@ from workbench.plan.cost import (
     replicas_needed,
 )
 from workbench.plan.hardware import Hardware, get_hardware
-from workbench.plan.memory import canonical_precision, kv_dtype_for
+from workbench.plan.memory import canonical_precision, kv_dtype_for, kv_estimate
 from workbench.plan.models_catalog import ModelArch, get_model
 from workbench.plan.names import check_positive
 from workbench.plan.step_cost import (
@@ -37,12 +44,31 @@ from workbench.plan.step_cost import (
     DEFAULT_STEP_OVERHEAD_S,
     Batch,
     Efficiency,
+    StepCost,
     StepCostModel,
     compute_dtype,
 )
 from workbench.plan.trees.answers import GPUS_PER_NODE
 
 SECONDS_PER_MONTH = HOURS_PER_MONTH * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPoint:
+    """One replica at a batch: what Setup.cycle prices, and the throughput it implies."""
+
+    batch: int
+    decode_step_s: float          # a decode-only step
+    prefill_s: float              # one prompt's prefill alone
+    tpot_s: float                 # the mean step: the time per output token
+    output_tokens_per_s: float    # batch / TPOT
+    requests_per_s: float         # batch / (output_tokens x TPOT)
+    ttft_floor_s: float           # prefill + one step, before any queueing
+
+    @property
+    def prefill_per_step_s(self) -> float:
+        """What the joining prompts' prefill adds to the mean step: TPOT - decode-only step."""
+        return self.tpot_s - self.decode_step_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +148,17 @@ class Setup:
             tpot = (1 - share) * decode + share * model.seconds(self.chunk_batch(batch))
         return decode, model.seconds(Batch.prefill(self.prompt_tokens)), tpot
 
+    def at_batch(self, batch: int, tp: int) -> BatchPoint:
+        """One replica of `tp` GPUs running `batch` sequences: its step times and throughput."""
+        decode, prefill, tpot = self.cycle(batch, tp)
+        return BatchPoint(batch=batch, decode_step_s=decode, prefill_s=prefill, tpot_s=tpot,
+                          output_tokens_per_s=batch / tpot,
+                          requests_per_s=batch / (self.output_tokens * tpot),
+                          ttft_floor_s=prefill + tpot)
+
     def requests_per_s(self, batch: int, tp: int) -> float:
         """One replica's completions: batch / (output_tokens x TPOT)."""
-        return batch / (self.output_tokens * self.cycle(batch, tp)[2])
+        return self.at_batch(batch, tp).requests_per_s
 
     def max_seqs(self, tp: int) -> int:
         """Sequences of prompt + output tokens whose KV fits."""
@@ -205,14 +239,12 @@ def auto_tp(setup: Setup, context: int, tpot_slo_s: float, rate_rps: float,
     this rate (ties: the smaller size, fewer all-reduces); the fewest that fit if none meets
     the SLO."""
     m, hw = setup.model, setup.hw
-    fit = min_gpus(m, hw, setup.precision, context, setup.kv_dtype, setup.reserve_fraction)
+    fit = min_tp(m, hw, setup.precision, context, 1, setup.kv_dtype, setup.reserve_fraction)
     if fit is None:  # memory_plan raises the error that says what would fit instead
         memory_plan(m, hw, setup.precision, context, setup.kv_dtype, 1, setup.reserve_fraction)
         raise AssertionError("unreachable: memory_plan raises when nothing fits")
     best: tuple[int, int] | None = None   # (GPUs in all, tp)
-    for tp in range(fit, GPUS_PER_NODE + 1):
-        if m.num_heads % tp:
-            continue
+    for tp in tp_sizes(m, GPUS_PER_NODE, start=fit):
         batch, met = operating_batch(setup, tp, tpot_slo_s)
         if met:
             gpus = tp * replicas_needed(rate_rps, setup.requests_per_s(batch, tp), utilization)
@@ -225,6 +257,56 @@ def auto_tp(setup: Setup, context: int, tpot_slo_s: float, rate_rps: float,
         return tp, "auto: the fewest that fit, and the cheapest that meet the TPOT SLO"
     return tp, (f"auto: {fit} would fit, but {tp} per replica meet the TPOT SLO with the fewest "
                 f"GPUs in all ({gpus})")
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingPoint:
+    """One replica of `tp` GPUs at its operating batch: step times, throughput, the step that
+    carries prefill, and one GPU's memory split into weights, KV in use, KV free and reserve
+    (the four sum to the GPU's memory). What the capacity calculator shows, computed here."""
+
+    tp: int
+    memory: MemoryPlan                  # at the deployment's context (max_model_len)
+    at: BatchPoint                      # at the operating batch
+    tpot_slo_met: bool
+    ttft_slo_met: bool | None           # None: no TTFT SLO given
+    max_concurrent_seqs: int            # sequences of prompt + output tokens that fit
+    kv_gb_per_sequence: float           # per GPU, at a sequence's peak (prompt + output)
+    kv_in_use_gb: float                 # batch x that
+    kv_free_gb: float                   # KV budget the operating batch leaves unused
+    reserve_gb: float                   # activations, CUDA context, fragmentation
+    prefill_share: float                # steps carrying prefill per step (>= 1: all do)
+    prefill_step_tokens: float          # prefill tokens such a step carries
+    prefill_step: StepCost              # such a step: one chunk beside the decodes, or
+                                        # (every step carrying some) the average step
+
+    @property
+    def batch(self) -> int:
+        return self.at.batch
+
+
+def operating_point(setup: Setup, tp: int, tpot_slo_s: float, context: int,
+                    ttft_slo_s: float | None = None) -> OperatingPoint:
+    """The operating batch of a replica of `tp` GPUs and everything that follows from it.
+
+    Raises ModelDoesNotFitError (saying how many GPUs would do) when one `context`-token
+    request does not fit beside the weights at this tp."""
+    m, hw = setup.model, setup.hw
+    plan = memory_plan(m, hw, setup.precision, context, setup.kv_dtype, tp,
+                       setup.reserve_fraction)
+    batch, met = operating_batch(setup, tp, tpot_slo_s)
+    at = setup.at_batch(batch, tp)
+    share = setup.prefill_share(batch)
+    carrying = setup.chunk_batch(batch) if share < 1 else setup.steady_batch(batch)
+    per_seq = kv_estimate(m, setup.sequence_tokens, setup.kv_dtype, tp).bytes_per_request / 1e9
+    return OperatingPoint(
+        tp=tp, memory=plan, at=at, tpot_slo_met=met,
+        ttft_slo_met=None if ttft_slo_s is None else at.ttft_floor_s <= ttft_slo_s,
+        max_concurrent_seqs=setup.max_seqs(tp), kv_gb_per_sequence=per_seq,
+        kv_in_use_gb=batch * per_seq, kv_free_gb=plan.kv_budget_gb_per_gpu - batch * per_seq,
+        reserve_gb=hw.memory_gb - plan.usable_gb_per_gpu, prefill_share=share,
+        prefill_step_tokens=carrying.num_prefill_tokens,
+        prefill_step=setup.step_model(tp).cost(carrying))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,10 @@ import typer
 
 from workbench.cli_errors import user_errors
 from workbench.plan import cli_trees, render
+from workbench.plan.budget import DEFAULT_RESERVE
 from workbench.plan.cli_options import Gpu, HardwareFile
 from workbench.plan.cost import DEFAULT_UTILIZATION
+from workbench.plan.memory import DEFAULT_GROUP_SIZE
 from workbench.plan.step_cost import DEFAULT_EFFICIENCY
 
 plan_app = typer.Typer(help="Planning calculators: memory, roofline, cost and decision trees.",
@@ -32,8 +34,9 @@ def memory(model: Model = "llama-2-7b", gpu: Gpu = "h100-sxm", precision: Precis
            context: Annotated[int | None, typer.Option(help="Tokens per request "
                                                              "(default: model's).")] = None,
            tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs.")] = 1,
-           reserve: Annotated[float, typer.Option(help="Share of GPU memory held back.")] = 0.10,
-           group_size: Annotated[int, typer.Option(help="INT4 group size.")] = 128,
+           reserve: Annotated[float, typer.Option(help="Share of GPU memory held back.")
+                                   ] = DEFAULT_RESERVE,
+           group_size: Annotated[int, typer.Option(help="INT4 group size.")] = DEFAULT_GROUP_SIZE,
            hardware_file: HardwareFile = None, as_json: Json = False):
     """Weights, KV per request (per GPU and per replica), how many sequences fit, and the
     smallest tensor-parallel size that holds the model when it does not fit."""

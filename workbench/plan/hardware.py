@@ -323,7 +323,9 @@ def measure_hardware(budget_s: float = 1.5, price_per_hour: float = 0.0, device:
         dtypes = ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16"))
     else:
         n_bytes, n = 1 << 27, 1024
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        from workbench.engine.sizing import host_memory_total
+
+        memory = host_memory_total()
         vendor = "cpu"
         what = f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
         dtypes = ((torch.float32, "fp32"), (torch.bfloat16, "bf16"))

@@ -20,6 +20,8 @@ _SPELLINGS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": 
               "fp8_e4m3": "fp8", "w8a16": "int8", "w4a16": "int4", "awq": "int4",
               "gptq": "int4", "int4-awq": "int4"}
 SCALE_BYTES = 2  # quantization scales and zeros are bf16, as in AWQ / GPTQ / gpt-fast
+# INT4 weights per scale/zero group: 128, the default of AWQ, GPTQ and vLLM's checkpoints.
+DEFAULT_GROUP_SIZE = 128
 
 
 def canonical_precision(precision: str, field: str = "precision",
@@ -31,8 +33,8 @@ def canonical_precision(precision: str, field: str = "precision",
     return p
 
 
-def bits_per_weight(precision: str, group_size: int = 128, in_features: int | None = None
-                    ) -> float:
+def bits_per_weight(precision: str, group_size: int = DEFAULT_GROUP_SIZE,
+                    in_features: int | None = None) -> float:
     """Storage bits per linear weight including scale overhead.
 
     int4: a bf16 scale and a bf16 zero per group of g weights -> 4 + 32/g (g=128: 4.25).
@@ -87,7 +89,8 @@ def active_param_count(m: ModelArch) -> int:
     return param_count(m) - m.num_layers * idle * per_expert
 
 
-def weight_bytes(m: ModelArch, precision: str = "bf16", group_size: int = 128) -> int:
+def weight_bytes(m: ModelArch, precision: str = "bf16",
+                 group_size: int = DEFAULT_GROUP_SIZE) -> int:
     """Bytes of all weights: block linears at `precision`, the rest in 16-bit (fp32 stays fp32).
 
     Embeddings, lm_head, norms, biases and routers are kept unquantized, as AWQ / GPTQ / vLLM do.
@@ -109,7 +112,7 @@ def weight_bytes(m: ModelArch, precision: str = "bf16", group_size: int = 128) -
 
 
 def weight_bytes_per_gpu(m: ModelArch, precision: str = "bf16", tp: int = 1,
-                         group_size: int = 128) -> float:
+                         group_size: int = DEFAULT_GROUP_SIZE) -> float:
     """Tensor parallelism shards everything but the norms, which every GPU keeps."""
     _check_tp(m, tp)
     p = canonical_precision(precision)

@@ -9,9 +9,10 @@ kernels achieve; replace them with measured ones (efficiency_from_measurement).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 
 from workbench.plan.hardware import Hardware
+from workbench.plan.memory import DEFAULT_GROUP_SIZE
 from workbench.plan.models_catalog import ModelArch
 from workbench.plan.names import check_positive
 from workbench.plan.step_cost import (  # noqa: F401  (re-exported: callers import them here)
@@ -27,59 +28,31 @@ from workbench.plan.step_cost import (  # noqa: F401  (re-exported: callers impo
 )
 
 
-@dataclass(frozen=True, slots=True)
-class StepTime:
-    phase: str               # decode | prefill
-    batch: int
-    tokens: int              # tokens processed in the step
-    bytes_moved: float       # per GPU
-    flops: float             # per GPU
-    memory_time_s: float
-    compute_time_s: float
-    overhead_s: float = 0.0
-
-    @property
-    def time_s(self) -> float:
-        return self.overhead_s + max(self.memory_time_s, self.compute_time_s)
-
-    @property
-    def bound(self) -> str:
-        return "memory" if self.memory_time_s >= self.compute_time_s else "compute"
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.time_s
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "time_s": self.time_s, "bound": self.bound,
-                "tokens_per_s": self.tokens_per_s}
-
-
-def _step(phase: str, batch: int, c: StepCost) -> StepTime:
-    return StepTime(phase, batch, c.tokens, c.bytes_moved, c.flops, c.memory_time_s,
-                    c.compute_time_s, c.overhead_s)
-
-
 def decode_step(m: ModelArch, hw: Hardware, batch: int = 1, context: int = 0,
                 precision: str = "bf16", kv_dtype: str = "auto", tp: int = 1,
-                efficiency: Efficiency = DEFAULT_EFFICIENCY, group_size: int = 128,
-                overhead_s: float = DEFAULT_STEP_OVERHEAD_S) -> StepTime:
-    """One decode step: `batch` sequences each with `context` tokens already cached."""
+                efficiency: Efficiency = DEFAULT_EFFICIENCY,
+                group_size: int = DEFAULT_GROUP_SIZE,
+                overhead_s: float = DEFAULT_STEP_OVERHEAD_S) -> StepCost:
+    """One decode step: `batch` sequences each with `context` tokens already cached (a
+    StepCost with phase "decode")."""
     check_positive(batch=batch)
     if context < 0:
         raise ValueError(f"context: must be >= 0, got {context}")
     model = StepCostModel(m, hw, precision, kv_dtype, tp, efficiency, overhead_s, group_size)
-    return _step("decode", batch, model.cost(Batch.decode(batch, context)))
+    return replace(model.cost(Batch.decode(batch, context)), phase="decode", batch=batch)
 
 
 def prefill_step(m: ModelArch, hw: Hardware, prompt_tokens: int, batch: int = 1,
                  precision: str = "bf16", kv_dtype: str = "auto", tp: int = 1,
-                 efficiency: Efficiency = DEFAULT_EFFICIENCY, group_size: int = 128,
-                 overhead_s: float = DEFAULT_STEP_OVERHEAD_S) -> StepTime:
-    """Prefill of `batch` prompts of `prompt_tokens` each: weights read once, KV written."""
+                 efficiency: Efficiency = DEFAULT_EFFICIENCY,
+                group_size: int = DEFAULT_GROUP_SIZE,
+                 overhead_s: float = DEFAULT_STEP_OVERHEAD_S) -> StepCost:
+    """Prefill of `batch` prompts of `prompt_tokens` each: weights read once, KV written (a
+    StepCost with phase "prefill")."""
     check_positive(prompt_tokens=prompt_tokens, batch=batch)
     model = StepCostModel(m, hw, precision, kv_dtype, tp, efficiency, overhead_s, group_size)
-    return _step("prefill", batch, model.cost(Batch.prefill(prompt_tokens, batch)))
+    return replace(model.cost(Batch.prefill(prompt_tokens, batch)), phase="prefill",
+                   batch=batch)
 
 
 def critical_batch(m: ModelArch, hw: Hardware, context: int = 0, precision: str = "bf16",
@@ -108,7 +81,7 @@ def critical_batch(m: ModelArch, hw: Hardware, context: int = 0, precision: str 
 
 def decode_throughput_bound(m: ModelArch, hw: Hardware, context: int = 4096,
                             precision: str = "bf16", kv_dtype: str = "auto", tp: int = 1,
-                            efficiency: Efficiency = PEAK, batch: int | None = None) -> StepTime:
+                            efficiency: Efficiency = PEAK, batch: int | None = None) -> StepCost:
     """Decode at the largest batch whose KV fits (or `batch`): the tokens/s ceiling of a group.
 
     Divide tokens_per_s by tp for the per-GPU figure.

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 
 from workbench.plan.hardware import Hardware
 from workbench.plan.memory import (
+    DEFAULT_GROUP_SIZE,
     active_param_count,
     canonical_precision,
     kv_bytes_per_token,
@@ -116,7 +117,11 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class StepCost:
-    """One step's terms, per GPU, so a figure can be explained and checked by hand."""
+    """One step's terms, per GPU, so a figure can be explained and checked by hand.
+
+    phase and batch name the question when one was asked (workbench.plan.roofline's
+    decode_step / prefill_step: "decode" | "prefill" and its sequences); a mixed step leaves
+    them empty."""
 
     tokens: int
     bytes_moved: float
@@ -124,6 +129,8 @@ class StepCost:
     memory_time_s: float
     compute_time_s: float
     overhead_s: float
+    phase: str = ""
+    batch: int = 0
 
     @property
     def time_s(self) -> float:
@@ -157,7 +164,8 @@ class StepCostModel:
     def __init__(self, arch: ModelArch, hw: Hardware, precision: str = "bf16",
                  kv_dtype: str = "auto", tp: int = 1,
                  efficiency: Efficiency = DEFAULT_EFFICIENCY,
-                 overhead_s: float = DEFAULT_STEP_OVERHEAD_S, group_size: int = 128):
+                 overhead_s: float = DEFAULT_STEP_OVERHEAD_S,
+                 group_size: int = DEFAULT_GROUP_SIZE):
         if overhead_s < 0:
             raise ValueError(f"overhead_s: must be >= 0, got {overhead_s}")
         p = canonical_precision(precision)
@@ -225,7 +233,8 @@ class StepCostModel:
 
 def step_cost(arch: ModelArch, hw: Hardware, batch: Batch, precision: str = "bf16",
               kv_dtype: str = "auto", tp: int = 1, efficiency: Efficiency = DEFAULT_EFFICIENCY,
-              overhead_s: float = DEFAULT_STEP_OVERHEAD_S, group_size: int = 128) -> StepCost:
+              overhead_s: float = DEFAULT_STEP_OVERHEAD_S,
+              group_size: int = DEFAULT_GROUP_SIZE) -> StepCost:
     """One step's cost: (arch, hardware, precision, tp, efficiency, overhead) x a batch."""
     return StepCostModel(arch, hw, precision, kv_dtype, tp, efficiency, overhead_s,
                          group_size).cost(batch)

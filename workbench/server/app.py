@@ -21,25 +21,23 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workbench.engine import SamplingParams
+from workbench.engine.sampling_params import require_utf8
+from workbench.server import WORKBENCH_OWNER
 from workbench.server.worker import EngineFailure, EngineFault, EngineUnavailable, EngineWorker
 
 GRACEFUL_SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM, then are aborted
 
 
-def _encodable(value):
-    """Text must be encodable as UTF-8: JSON can carry a lone surrogate ("\\ud800") that no
-    tokenizer accepts and no response can echo."""
+def _encodable(value, info: ValidationInfo):
+    """JSON can carry a lone surrogate ("\\ud800") that no tokenizer accepts and no response
+    can echo: reject it here, as a 400 naming the field, by the engine's own rule."""
     for s in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
         if isinstance(s, str):
-            try:
-                s.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise ValueError(f"must be valid Unicode text; unpaired surrogate "
-                                 f"{s[e.start]!a} at position {e.start}") from None
+            require_utf8(info.field_name, s)
     return value
 
 
@@ -123,7 +121,10 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
     async def _bad_request(_req, exc: RequestValidationError):
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"] if p != "body")
-        return _error(400, f"{field}: {first['msg'].removeprefix('Value error, ')}", field)
+        message = first["msg"].removeprefix("Value error, ")
+        if not message.startswith(f"{field}: "):  # the engine's own checks name the field
+            message = f"{field}: {message}"
+        return _error(400, message, field)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_req, exc: StarletteHTTPException):
@@ -139,7 +140,7 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model",
-                                            "owned_by": "workbench"}]}
+                                            "owned_by": WORKBENCH_OWNER}]}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -221,14 +222,17 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
     return app
 
 
-def listen_socket(host: str, port: int):
+def listen_socket(host: str, port: int, allow_zero: bool = False):
     """Bind (not yet listen) before the model loads: a bad host or port is a one-line user
-    error at once, and the port stays ours while the model loads."""
+    error at once, and the port stays ours while the model loads. `allow_zero` lets port 0
+    pick a free port (in-process servers); `workbench serve` refuses it, since a user could
+    not tell where the server went. The bound port is `sock.getsockname()[1]`."""
     import errno
     import socket
 
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"port: must be in 1..65535, got {port!r}")
+    low = 0 if allow_zero else 1
+    if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= 65535:
+        raise ValueError(f"port: must be in {low}..65535, got {port!r}")
     if not host or not host.strip():
         raise ValueError("host: must be an IP address or host name, got an empty string")
     try:

@@ -3,7 +3,6 @@ server and app as `workbench serve`, with the engine object at hand for inspecti
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,9 +18,9 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0,
     Port 0 picks a free port."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    from workbench.server.app import listen_socket
+
+    sock = listen_socket(host, port, allow_zero=True)
     url = f"http://{host}:{sock.getsockname()[1]}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
                                            timeout_graceful_shutdown=graceful_shutdown_s))

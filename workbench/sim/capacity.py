@@ -10,6 +10,7 @@ misses, no rate and no replica count helps, and the search stops at once with th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from workbench.plan.cost import DEFAULT_UTILIZATION, HOURS_PER_MONTH
 from workbench.plan.step_cost import DEFAULT_STEP_OVERHEAD_S, Batch
 from workbench.sim.simulator import simulate_requests
-from workbench.traffic.metrics import meets_slos
+from workbench.traffic.metrics import COMPLETED, meets_slos, slo_percentiles
 from workbench.traffic.sweep import with_rate
 
 
@@ -34,11 +35,11 @@ def evaluate(scenario, fit, replicas: int, lb: str = "least-outstanding",
              rate: float | None = None) -> Evaluation:
     sc = with_rate(scenario, rate) if rate is not None else scenario
     requests, _, _, _ = simulate_requests(sc, fit, replicas, lb)
-    q = sc.slo.percentile
-    ok = requests["finish_reason"].isin(["stop", "length"])
-    pct = {m: float(np.percentile(requests.loc[ok, m].dropna(), q))
-           if requests.loc[ok, m].notna().any() else 0.0 for m in sc.slos}
-    met = bool(ok.all()) and all(pct[m] <= limit for m, limit in sc.slos.items())
+    pct = slo_percentiles(requests, sc.slos, sc.slo.percentile)
+    # NaN: no completed request has the metric. Only TPOT may be absent (one-token outputs
+    # have none and pass its SLO, as in meets_slos); any other NaN misses.
+    met = bool(requests["finish_reason"].isin(COMPLETED).all()) and all(
+        pct[m] <= limit or (m == "tpot" and math.isnan(pct[m])) for m, limit in sc.slos.items())
     span = requests["finish"].max() - requests["arrival"].min()
     goodput = float(meets_slos(requests, sc.slos).sum() / span) if span > 0 else 0.0
     return Evaluation(replicas, rate, met, pct, goodput)
@@ -109,6 +110,16 @@ def missed_slos(evaluation: Evaluation, scenario) -> str:
     return ", ".join(parts) or "some requests did not finish"
 
 
+def no_rate_met(rate: float, curve: list[Evaluation], scenario) -> str | None:
+    """Why max_rate found no rate (a sentence naming the lowest rate tried and the SLOs it
+    missed), or None when it found one or simulated nothing (then slo_floor says why)."""
+    if rate > 0 or not curve:
+        return None
+    lowest = min(curve, key=lambda e: e.rate)
+    return (f"no rate down to {lowest.rate:.3g} req/s meets the SLOs: at that rate "
+            f"{missed_slos(lowest, scenario)}")
+
+
 def min_replicas(scenario, fit, lb: str = "least-outstanding", max_replicas: int = 64,
                  rate: float | None = None) -> tuple[int | None, list[Evaluation]]:
     """Fewest replicas meeting every SLO (None if even max_replicas do not, or if slo_floor
@@ -150,7 +161,8 @@ def max_rate(scenario, fit, replicas: int = 1, lb: str = "least-outstanding",
              start: float = 1.0, rel_tol: float = 0.05, max_doublings: int = 16,
              max_halvings: int = 10) -> tuple[float, list[Evaluation]]:
     """Highest request rate (to rel_tol) at which the configuration meets every SLO; 0.0 when
-    none does (slo_floor says why; then nothing is simulated). At most max_doublings +
+    none does: slo_floor says why when even a request alone misses (then nothing is
+    simulated), no_rate_met when every halving of `start` missed. At most max_doublings +
     max_halvings + log2(1 / rel_tol) + 1 simulations."""
     _require_slos(scenario)
     if slo_floor(scenario, fit):

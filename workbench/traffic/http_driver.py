@@ -24,11 +24,11 @@ from collections import Counter
 
 import httpx
 
+from workbench.server import WORKBENCH_OWNER  # `owned_by` in this project's GET /v1/models
 from workbench.traffic.drive_result import INTERRUPT, WALL_LIMIT, DriveResult
 from workbench.traffic.metrics import request_record
 from workbench.traffic.workload import RequestSpec, token_ids_to_text
 
-WORKBENCH_OWNER = "workbench"  # `owned_by` in this project's GET /v1/models
 CUT_OFF = "the stream ended without a finish_reason"
 SHORT = "short completion"
 

@@ -19,8 +19,9 @@ Throughput, two numbers with two jobs:
   `is_saturated` reads, so short sweeps do not read "saturated" because of the tail. Like
   guidellm's warm-up/cool-down exclusion, it measures only while load is offered.
 
-No torch here (and pandas only where frames are summarized): the scheduler-side code and the
-simulator import this module.
+No torch here, no other workbench module, and pandas only inside the functions that build or
+read frames: the engine (outputs, telemetry), the scheduler-side code and the simulator import
+this module, and it stays a leaf.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ PERCENTILES = (50, 90, 99)
 REQUEST_COLUMNS = ["request_id", "arrival", "first_scheduled", "first_token", "finish",
                    "prompt_tokens", "output_tokens", "finish_reason", "ttft", "tpot", "e2e",
                    "itl_mean", "cached_prompt_tokens", "preemptions"]
+
+# Per-request columns beyond the contract's, written when a driver records them.
+EXTRA_REQUEST_COLUMNS = ("token_times", "send_lateness", "error", "output_tokens_source",
+                         "replica")
 
 COMPLETED = ("stop", "length")  # finish reasons of a request that delivered its output
 
@@ -63,6 +68,16 @@ def request_record(request_id, arrival, first_scheduled, token_times, finish, pr
                 cached_prompt_tokens=cached_prompt_tokens, preemptions=preemptions)
 
 
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    """Per-request record dicts (from the engine, the drivers or the simulator) -> the requests
+    table of a run directory: the contract's columns, then whichever extras the records carry.
+    The one builder of that table (workbench.engine.requests_frame and the run store call it)."""
+    import pandas as pd
+
+    cols = REQUEST_COLUMNS + [c for c in EXTRA_REQUEST_COLUMNS if any(c in r for r in records)]
+    return pd.DataFrame(records, columns=cols)
+
+
 def meets_slos(requests: pd.DataFrame, slos: dict[str, float]) -> pd.Series:
     """Per request: True when every given SLO (ttft, tpot, e2e in seconds) holds.
 
@@ -72,6 +87,20 @@ def meets_slos(requests: pd.DataFrame, slos: dict[str, float]) -> pd.Series:
         values = requests[metric]
         ok &= (values <= limit) | (values.isna() & (metric == "tpot"))
     return ok
+
+
+def slo_percentiles(requests: pd.DataFrame, slos, percentile: float) -> dict[str, float]:
+    """Per SLO metric (the keys of `slos`, e.g. {"ttft": 0.5}; any iterable of metric names
+    works): its `percentile` over completed requests (finish reason in COMPLETED), missing
+    values (a one-token request's TPOT) left out. NaN when no completed request has a value:
+    no percentile exists, and NaN compares false with any limit, so a check `value <= limit`
+    fails rather than passing on an empty run."""
+    done = requests[requests["finish_reason"].isin(COMPLETED)]
+    out = {}
+    for metric in slos:
+        v = done[metric].dropna().to_numpy(dtype=float)
+        out[metric] = float(np.percentile(v, percentile)) if len(v) else float("nan")
+    return out
 
 
 def sustained_throughput(arrival, finish) -> tuple[float, float]:

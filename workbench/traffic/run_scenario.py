@@ -7,8 +7,8 @@ from pathlib import Path
 
 from workbench.progress import progress_bar
 from workbench.traffic.arrivals import ClosedLoop
-from workbench.traffic.metrics import summarize
-from workbench.traffic.run_store import records_frame, store_run
+from workbench.traffic.metrics import records_frame, summarize
+from workbench.traffic.run_store import store_run
 from workbench.traffic.scenario import EngineTarget, Scenario
 from workbench.traffic.workload import build_requests, check_inputs
 
@@ -72,7 +72,13 @@ def run_scenario(scenario: Scenario, out: str | Path = "runs", engine=None,
 
 
 def describe_engine(engine, name: str) -> dict:
-    """What a fit or a simulation needs to know about the engine a run measured."""
+    """What a fit or a simulation needs to know about the engine a run measured.
+
+    `max_model_len` is the model's own limit (max_position_embeddings), what
+    `sizing.ModelFacts` expects: a simulated scenario applies its own engine max_model_len to
+    it, as the engine does. The limit this engine ran with (its config's max_model_len, else
+    the model's) is `effective_max_model_len`; recorded as the model's, it would make a
+    simulation of a scenario that sets no max_model_len reject requests the engine accepts."""
     from dataclasses import asdict
 
     cfg = engine.model_config
@@ -81,9 +87,11 @@ def describe_engine(engine, name: str) -> dict:
         "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
         "weight_bytes": engine.model.weight_bytes(),
         "kv_bytes_per_token": cfg.kv_bytes_per_token(engine.kv_caches[0][0].element_size()),
-        "max_model_len": engine.max_model_len, "vocab_size": cfg.vocab_size,
+        "max_model_len": cfg.max_position_embeddings, "vocab_size": cfg.vocab_size,
         "eos_token_ids": list(cfg.eos_token_ids),
-        "engine_config": asdict(engine.config), "dtype": str(engine.dtype).replace("torch.", ""),
+        "effective_max_model_len": engine.max_model_len,
+        "engine_config": asdict(engine.config),
+        "dtype": str(engine.dtype).replace("torch.", ""),
         "device": str(engine.device), "num_kv_blocks": engine.num_kv_blocks,
     }
 

@@ -24,11 +24,11 @@ import pandas as pd
 
 import workbench
 from workbench.engine.telemetry import STEP_COLUMNS
-from workbench.traffic.metrics import REQUEST_COLUMNS
 
-# Per-request columns beyond the contract's, written when a driver records them.
-EXTRA_REQUEST_COLUMNS = ("token_times", "send_lateness", "error", "output_tokens_source",
-                         "replica")
+# The requests table is built in workbench.traffic.metrics, beside the columns it lays out
+# (the engine builds it too); re-exported here for the run writers.
+from workbench.traffic.metrics import EXTRA_REQUEST_COLUMNS, records_frame  # noqa: F401
+
 # Manifest keys whose values are secrets: kept as "<redacted>" so a reader sees one was set.
 SECRET_KEYS = frozenset({"api_key", "api_keys", "authorization", "password", "secret",
                          "token", "access_token", "hf_token"})
@@ -66,13 +66,6 @@ def environment() -> dict:
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def records_frame(records: list[dict]) -> pd.DataFrame:
-    """Per-request record dicts (from the drivers or the simulator) -> the requests table of a
-    run directory: the contract's columns, then whichever extras the records carry."""
-    cols = REQUEST_COLUMNS + [c for c in EXTRA_REQUEST_COLUMNS if any(c in r for r in records)]
-    return pd.DataFrame(records, columns=cols)
 
 
 def redact_secrets(value):

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from workbench.plan.budget import DEFAULT_RESERVE, memory_plan
+from workbench.plan.budget import DEFAULT_RESERVE
 from workbench.plan.capacity_analytic import (  # noqa: F401  (re-exported)
     Fleet,
+    OperatingPoint,
     Setup,
     auto_tp,
     fleet_at_rate,
     operating_batch,
+    operating_point,
     resolve,
 )
 from workbench.plan.cost import DEFAULT_UTILIZATION, replicas_needed  # noqa: F401
-from workbench.plan.memory import kv_estimate
 from workbench.plan.names import check_positive
 from workbench.plan.step_cost import DEFAULT_EFFICIENCY
 from workbench.widgets.capacity_text import explain, summary_rows
@@ -129,31 +130,24 @@ def capacity_view(model: str = "llama-3-8b", gpu: str = "h100-sxm", precision: s
     else:
         tp_reason = "given"
     # Raises ModelDoesNotFitError (saying how many GPUs would do) for a given tp too small.
-    plan = memory_plan(m, hw, setup.precision, context, setup.kv_dtype, tp, reserve_fraction)
-    batch, met = operating_batch(setup, tp, slo_s)
-    decode, prefill, cycle = setup.cycle(batch, tp)
-    share = setup.prefill_share(batch)
-    # The step that carries prefill: one chunk, or (every step carrying some) the average.
-    carrying = setup.chunk_batch(batch) if share < 1 else setup.steady_batch(batch)
-    step = setup.step_model(tp).cost(carrying)
-    per_seq = kv_estimate(m, setup.sequence_tokens, setup.kv_dtype, tp).bytes_per_request / 1e9
-    requests_per_s = setup.requests_per_s(batch, tp)
+    op = operating_point(setup, tp, slo_s, context,
+                         None if ttft_slo_ms is None else ttft_slo_ms / 1e3)
+    at = op.at
     view = CapacityView(
         inputs=inputs, model=m.name, gpu=hw.name, precision=setup.precision,
         kv_dtype=setup.kv_dtype, tp=tp, tp_reason=tp_reason,
-        gpu_memory_gb=hw.memory_gb, weights_gb=plan.weight_gb_per_gpu,
-        kv_in_use_gb=batch * per_seq,
-        kv_free_gb=plan.kv_budget_gb_per_gpu - batch * per_seq,
-        reserve_gb=hw.memory_gb - plan.usable_gb_per_gpu,
-        kv_mb_per_sequence=per_seq * 1e3, max_concurrent_seqs=setup.max_seqs(tp),
-        batch=batch, decode_step_ms=decode * 1e3, prefill_ms=prefill * 1e3,
-        tpot_ms=cycle * 1e3, tpot_slo_met=met, ttft_floor_ms=(prefill + cycle) * 1e3,
-        ttft_slo_met=None if ttft_slo_ms is None else (prefill + cycle) * 1e3 <= ttft_slo_ms,
-        prefill_share=share, prefill_step_tokens=carrying.num_prefill_tokens,
-        prefill_step_ms=step.time_s * 1e3, step_bound=step.bound,
-        output_tokens_per_s=batch / cycle,
-        requests_per_s=requests_per_s, price_per_gpu_hour=hw.price_per_hour,
-        fleet=fleet_at_rate(requests_per_s, tp, hw.price_per_hour, rate_rps, utilization,
+        gpu_memory_gb=hw.memory_gb, weights_gb=op.memory.weight_gb_per_gpu,
+        kv_in_use_gb=op.kv_in_use_gb, kv_free_gb=op.kv_free_gb, reserve_gb=op.reserve_gb,
+        kv_mb_per_sequence=op.kv_gb_per_sequence * 1e3,
+        max_concurrent_seqs=op.max_concurrent_seqs,
+        batch=at.batch, decode_step_ms=at.decode_step_s * 1e3, prefill_ms=at.prefill_s * 1e3,
+        tpot_ms=at.tpot_s * 1e3, tpot_slo_met=op.tpot_slo_met,
+        ttft_floor_ms=at.ttft_floor_s * 1e3, ttft_slo_met=op.ttft_slo_met,
+        prefill_share=op.prefill_share, prefill_step_tokens=op.prefill_step_tokens,
+        prefill_step_ms=op.prefill_step.time_s * 1e3, step_bound=op.prefill_step.bound,
+        output_tokens_per_s=at.output_tokens_per_s,
+        requests_per_s=at.requests_per_s, price_per_gpu_hour=hw.price_per_hour,
+        fleet=fleet_at_rate(at.requests_per_s, tp, hw.price_per_hour, rate_rps, utilization,
                             setup.sequence_tokens, output_tokens),
         explanation="")
     return replace(view, explanation=explain(view, setup))

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from workbench.plan.budget import ModelDoesNotFitError
+from workbench.plan.budget import ModelDoesNotFitError, tp_sizes
 from workbench.plan.models_catalog import get_model
 from workbench.plan.trees.answers import GPUS_PER_NODE
 from workbench.widgets.capacity import CapacityView, capacity_view, fleet_for, setup_of
@@ -23,11 +23,12 @@ def batch_curve(view: CapacityView, points: int = 40) -> list[dict]:
                       view.batch})
     rows = []
     for b in batches:
-        decode, prefill, cycle = setup.cycle(b, view.tp)
-        rows.append({"batch": b, "decode_ms": decode * 1e3,
-                     "prefill_share_ms": (cycle - decode) * 1e3, "tpot_ms": cycle * 1e3,
-                     "output_tokens_per_s": b / cycle,
-                     "requests_per_s": b / (setup.output_tokens * cycle),
+        at = setup.at_batch(b, view.tp)
+        rows.append({"batch": b, "decode_ms": at.decode_step_s * 1e3,
+                     "prefill_share_ms": at.prefill_per_step_s * 1e3,
+                     "tpot_ms": at.tpot_s * 1e3,
+                     "output_tokens_per_s": at.output_tokens_per_s,
+                     "requests_per_s": at.requests_per_s,
                      "kv_gb": b * view.kv_mb_per_sequence / 1e3})
     return rows
 
@@ -49,9 +50,8 @@ def tp_options(view: CapacityView, max_tp: int = GPUS_PER_NODE) -> list[dict]:
     """The same workload at every tensor-parallel size within a node that fits: what bigger
     replicas would change. All-reduce time is not modelled, so over PCIe the larger sizes look
     better than they are."""
-    heads = get_model(view.inputs["model"]).num_heads
     rows = []
-    for tp in (t for t in range(1, max_tp + 1) if heads % t == 0):  # heads split evenly
+    for tp in tp_sizes(get_model(view.inputs["model"]), max_tp):
         try:
             v = capacity_view(**{**view.inputs, "tp": tp})
         except ModelDoesNotFitError:

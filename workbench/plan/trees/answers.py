@@ -6,11 +6,10 @@ and they return the facts they used so a report can show them next to the path.
 
 from __future__ import annotations
 
-from workbench.plan.budget import DEFAULT_RESERVE, max_concurrent_seqs
+from workbench.plan.budget import DEFAULT_RESERVE, max_concurrent_seqs, min_tp
 from workbench.plan.hardware import Hardware
 from workbench.plan.models_catalog import ModelArch
 from workbench.plan.names import check_non_negative, check_positive
-from workbench.plan.replica import min_tp
 from workbench.plan.roofline import DEFAULT_EFFICIENCY, Efficiency, decode_step
 
 GPUS_PER_NODE = 8          # HGX / DGX nodes carry 8 GPUs
