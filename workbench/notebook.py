@@ -18,8 +18,3 @@ def setup(smoke: bool = False) -> bool:
         pio.renderers.default = "notebook"  # embeds plotly.js once: offline-safe HTML
     pio.templates.default = "plotly_white"
     return smoke or os.environ.get("WORKBENCH_SMOKE") == "1"
-
-
-def table(df, digits: int = 3):
-    """A DataFrame rounded for display (pure presentation, no logic)."""
-    return df.round(digits) if hasattr(df, "round") else df

@@ -38,8 +38,9 @@ class BlockManager:
         total = self.blocks_for(seq.num_computed_tokens + num_new_tokens)
         return max(0, total - len(seq.block_table))
 
-    def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
-        return self.blocks_needed(seq, num_new_tokens) <= len(self._free)
+    def can_allocate(self, seq: Sequence, num_new_tokens: int, keep_free: int = 0) -> bool:
+        """Whether the tokens fit while still leaving `keep_free` blocks free."""
+        return self.blocks_needed(seq, num_new_tokens) + keep_free <= len(self._free)
 
     def allocate(self, seq: Sequence, num_new_tokens: int) -> None:
         need = self.blocks_needed(seq, num_new_tokens)

@@ -140,8 +140,7 @@ class Scheduler:
                 n = budget
             # Alone in the pool a sequence can take every block: check_request made sure it
             # fits whole, so there is nobody to preempt and nothing to keep free for.
-            reserve = self.watermark_blocks if self.running else 0
-            if bm.blocks_needed(seq, n) + reserve > bm.num_free_blocks:
+            if not bm.can_allocate(seq, n, self.watermark_blocks if self.running else 0):
                 break  # FCFS: nobody overtakes the head of the queue
             self.waiting.popleft()
             bm.allocate(seq, n)

@@ -18,7 +18,7 @@ import numpy as np
 from workbench.plan.cost import DEFAULT_UTILIZATION, HOURS_PER_MONTH
 from workbench.plan.step_cost import DEFAULT_STEP_OVERHEAD_S, Batch
 from workbench.sim.simulator import simulate_requests
-from workbench.traffic.metrics import COMPLETED, meets_slos, slo_percentiles
+from workbench.traffic.metrics import COMPLETED, goodput, slo_percentiles
 from workbench.traffic.sweep import with_rate
 
 
@@ -40,9 +40,9 @@ def evaluate(scenario, fit, replicas: int, lb: str = "least-outstanding",
     # have none and pass its SLO, as in meets_slos); any other NaN misses.
     met = bool(requests["finish_reason"].isin(COMPLETED).all()) and all(
         pct[m] <= limit or (m == "tpot" and math.isnan(pct[m])) for m, limit in sc.slos.items())
-    span = requests["finish"].max() - requests["arrival"].min()
-    goodput = float(meets_slos(requests, sc.slos).sum() / span) if span > 0 else 0.0
-    return Evaluation(replicas, rate, met, pct, goodput)
+    span = float(requests["finish"].max() - requests["arrival"].min())
+    return Evaluation(replicas, rate, met, pct, goodput(requests, sc.slos, span) if span > 0
+                      else 0.0)
 
 
 def _require_slos(scenario) -> None:

@@ -117,6 +117,11 @@ def sustained_throughput(arrival, finish) -> tuple[float, float]:
     return offered, (offered / slope if slope > 0 else float("inf"))
 
 
+def goodput(requests: pd.DataFrame, slos: dict[str, float], duration_s: float) -> float:
+    """Requests meeting every SLO per second of `duration_s` (vLLM's goodput)."""
+    return int(meets_slos(requests, slos).sum()) / duration_s if duration_s > 0 else float("nan")
+
+
 def summarize(requests: pd.DataFrame, slos: dict[str, float] | None = None,
               itl_values: list[float] | None = None, duration_s: float | None = None) -> dict:
     """Throughput, latency distribution and goodput of one run."""
@@ -153,7 +158,7 @@ def summarize(requests: pd.DataFrame, slos: dict[str, float] | None = None,
     if slos:
         good = meets_slos(requests, slos)
         out["slo_attainment"] = float(good.mean()) if len(requests) else float("nan")
-        out["goodput"] = per_s(int(good.sum()))
+        out["goodput"] = goodput(requests, slos, duration_s)
     return out
 
 

@@ -77,7 +77,11 @@ class CapacityView:
 
 def setup_of(view: CapacityView) -> Setup:
     """The Setup a view was computed from, to evaluate variants of it."""
-    i = view.inputs
+    return _setup(view.inputs)
+
+
+def _setup(i: dict) -> Setup:
+    """The plan's Setup for a calculator's inputs (capacity_view's arguments)."""
     return resolve(i["model"], i["gpu"], i["precision"], i["prompt_tokens"], i["output_tokens"],
                    i["kv_dtype"], i["reserve_fraction"], i["memory_efficiency"],
                    i["compute_efficiency"], i["price_per_hour"],
@@ -114,9 +118,7 @@ def capacity_view(model: str = "llama-3-8b", gpu: str = "h100-sxm", precision: s
     inputs = dict(locals())
     check_positive(context=context, rate_rps=rate_rps, tpot_slo_ms=tpot_slo_ms,
                    ttft_slo_ms=ttft_slo_ms)
-    setup = resolve(model, gpu, precision, prompt_tokens, output_tokens, kv_dtype,
-                    reserve_fraction, memory_efficiency, compute_efficiency, price_per_hour,
-                    max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens)
+    setup = _setup(inputs)
     m, hw = setup.model, setup.hw
     if context > m.context_length:
         raise ValueError(f"context: {m.name} was trained for at most {m.context_length} "
