@@ -36,3 +36,17 @@ def shared_traces():
     path = Path(__file__).resolve().parent.parent / "scenarios" / "traces"
     assert (path / "azure-llm-2023-conv.csv").is_file(), f"traces missing from {path}"
     return path
+
+
+@pytest.fixture(scope="module")
+def literature_parameters():
+    """Step-model parameters pinned to the literature figures (MBU 0.6, MFU 0.5, no fixed or
+    per-sequence cost) for a module of tests that check arithmetic, so a refit of the
+    published dataset (workbench/plan/published/step_params.yaml) does not move their worked
+    numbers. Module-scoped: module-scoped fixtures computed under it keep its parameters."""
+    from workbench.plan import step_params
+    from workbench.plan.step_cost import LITERATURE_EFFICIENCY
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(step_params, "fitted_sets", lambda: {"generic": LITERATURE_EFFICIENCY})
+        yield LITERATURE_EFFICIENCY

@@ -61,10 +61,15 @@ def test_matches_hf_greedy(family, config_name):
             "chunked prefill should share steps with decodes"
 
 
-def test_chunked_prefill_without_chunking_matches(family):
+@pytest.mark.parametrize("prefill_first", [False, True])
+def test_chunked_prefill_without_chunking_matches(family, prefill_first):
+    # prefill_first: vLLM V0's schedule (steps of new prompts only, decodes wait).
     path, prompts, outputs, refs = family
     eng = LLMEngine.from_pretrained(path, EngineConfig(
         dtype="float32", device="cpu", enable_chunked_prefill=False, max_num_seqs=16,
-        max_num_batched_tokens=2048))
+        max_num_batched_tokens=2048, prefill_first=prefill_first))
     got = eng.generate(prompts, [SamplingParams(max_tokens=n, temperature=0) for n in outputs])
     assert [o.token_ids for o in got] == refs
+    if prefill_first:
+        steps = telemetry_frame(eng)
+        assert not ((steps.num_prefill_tokens > 0) & (steps.num_decode_seqs > 0)).any()

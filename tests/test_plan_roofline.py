@@ -63,7 +63,10 @@ def test_prefill_is_compute_bound_with_two_flops_per_param_per_token():
     blocks = 2 * (param_count(m) - 2 * vocab) * 2048
     assert step.flops == pytest.approx(blocks + 2 * vocab + attn)
     assert step.bound == "compute"
-    assert step.time_s == pytest.approx(step.flops / H100_BF16)
+    # Linear layers and attention at the FLOP peak, plus writing the prompt's K/V at the
+    # bandwidth peak (the attention kernel's own traffic).
+    kv_written = 2048 * 2 * 32 * 32 * 128 * 2
+    assert step.time_s == pytest.approx(step.flops / H100_BF16 + kv_written / 3.35e12)
 
 
 def test_moe_decode_reads_only_the_routed_experts_at_batch_1():
@@ -100,9 +103,17 @@ def test_efficiency_from_engine_measurement():
         efficiency_from_measurement(1.0, -1.0)
 
 
-def test_missing_peak_names_the_available_dtypes():
-    with pytest.raises(ValueError, match="compute_dtype: a100-80gb has no 'fp8'.*bf16"):
-        decode_step(get_model("llama-2-7b"), get_hardware("a100-80gb"), precision="fp8")
+def test_fp8_without_fp8_tensor_cores_runs_at_the_bf16_peak_and_a_missing_peak_is_named():
+    from dataclasses import replace
+
+    from workbench.plan.step_cost import StepCostModel
+
+    m, a100 = get_model("llama-2-7b"), get_hardware("a100-80gb")
+    # vLLM serves fp8 weights on Ampere weight-only (Marlin): bf16 math, fp8 bytes.
+    assert StepCostModel(m, a100, "fp8").peak_flops == 312e12
+    fp32_only = replace(a100, name="fp32-box", peak_tflops={"fp32": 19.5})
+    with pytest.raises(ValueError, match="compute_dtype: fp32-box has no 'bf16'.*fp32"):
+        decode_step(m, fp32_only, precision="bf16")
 
 
 def test_phase_steps_are_step_costs_naming_their_phase_and_batch():

@@ -168,3 +168,29 @@ def test_stop_conditions():
     run_step(sched, token=2)
     _, done = run_step(sched, token=2)
     assert done == [s2] and s2.finish_reason == "length" and s2.num_output_tokens == 2
+
+
+def test_prefill_first_runs_new_prompts_in_a_step_of_their_own_as_vllm_v0_does():
+    bm = BlockManager(64, 4)
+    sched = Scheduler(SchedulerConfig(8, 64, 256, False, (2,), prefill_first=True), bm)
+    sched.add(seq(0, 10))
+    out, _ = run_step(sched)                       # the first prompt
+    assert [(s.seq.request_id, s.num_tokens) for s in out.scheduled] == [("0", 10)]
+    out, _ = run_step(sched)                       # nothing waits: request 0 decodes
+    assert [(s.seq.request_id, s.is_decode) for s in out.scheduled] == [("0", True)]
+    sched.add(seq(1, 12))
+    sched.add(seq(2, 5))
+    out, _ = run_step(sched)                       # prompts first, the decode waits
+    assert [s.seq.request_id for s in out.scheduled] == ["1", "2"]
+    assert not any(s.is_decode for s in out.scheduled)
+    out, _ = run_step(sched)                       # then every running sequence decodes
+    assert sorted(s.seq.request_id for s in out.scheduled) == ["0", "1", "2"]
+    assert all(s.is_decode for s in out.scheduled)
+    # Without it (V1, or V0 with chunked prefill) a new prompt joins the decodes' step.
+    mixed, _ = make(budget=64, chunked=False)
+    mixed.add(seq(0, 10))
+    run_step(mixed)
+    mixed.add(seq(1, 12))
+    out, _ = run_step(mixed)
+    assert sorted((s.seq.request_id, s.is_decode) for s in out.scheduled) == [
+        ("0", True), ("1", False)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from workbench.plan import get_hardware, get_model
 from workbench.plan.memory import active_param_count, weight_bytes_per_gpu
 from workbench.plan.roofline import decode_step, prefill_step
 from workbench.plan.step_cost import (
-    DEFAULT_STEP_OVERHEAD_S,
+    LITERATURE_EFFICIENCY,
     PEAK,
     Batch,
     StepCostModel,
@@ -31,7 +32,8 @@ def test_moe_is_charged_the_routed_experts_in_the_simulator_as_in_the_plan():
     plan = decode_step(m, H100, 1, 0, tp=2).time_s
     sim = RooflineStepModel(m, H100, "bf16", tp=2).predict_record(Batch.decode(1, 0))
     assert sim == pytest.approx(plan, rel=1e-12)
-    assert round(plan * 1e3, 2) == 6.34
+    literature = decode_step(m, H100, 1, 0, tp=2, efficiency=LITERATURE_EFFICIENCY).time_s
+    assert round(literature * 1e3, 2) == 6.34
     peak = StepCostModel(m, H100, tp=2, efficiency=PEAK)
     one = peak.cost(Batch.decode(1, 0))
     table = 32000 * 4096 * 2 / 2                # embedding table per GPU, not read
@@ -67,8 +69,8 @@ def test_a_step_reads_embedding_rows_but_the_whole_lm_head():
         weight_bytes_per_gpu(tied))
 
 
-def test_one_overhead_default_everywhere_and_it_adds_per_step():
-    from workbench.plan.capacity_analytic import Setup
+def test_one_parameter_default_everywhere_and_the_overhead_adds_per_step():
+    from workbench.plan.capacity_analytic import setup_for
     from workbench.sim.capacity import cheapest_configuration
 
     defaults = {
@@ -78,9 +80,10 @@ def test_one_overhead_default_everywhere_and_it_adds_per_step():
             "step_overhead_s"].default,
         "decode_step": inspect.signature(decode_step).parameters["overhead_s"].default,
         "prefill_step": inspect.signature(prefill_step).parameters["overhead_s"].default,
-        "Setup": Setup.__dataclass_fields__["overhead_s"].default,
+        "setup_for": inspect.signature(setup_for).parameters["overhead_s"].default,
     }
-    assert set(defaults.values()) == {DEFAULT_STEP_OVERHEAD_S}, defaults
+    # None everywhere: the fitted parameters of the GPU (workbench.plan.step_params).
+    assert set(defaults.values()) == {None}, defaults
     m, b = get_model("llama-3-8b"), Batch.decode(8, 1000)
     with_overhead = step_cost(m, H100, b, overhead_s=0.002)
     assert with_overhead.time_s == pytest.approx(step_cost(m, H100, b, overhead_s=0).time_s
@@ -110,3 +113,35 @@ def test_sliding_window_caps_the_keys_a_query_reads():
     capped = step_cost(m, H100, Batch.decode(4, 2 * window))
     at_window = step_cost(m, H100, Batch.decode(4, window))
     assert capped.bytes_moved == pytest.approx(at_window.bytes_moved)
+
+
+def test_every_forecast_prices_steps_with_the_gpus_fitted_parameters(tmp_path):
+    """Calculator, `plan roofline` / `plan capacity`, the simulator's roofline model, the
+    parallelism tree and the report's hardware table answer the same question with the same
+    step model and the same (fitted, per GPU class) parameters."""
+    from workbench.plan.step_params import default_efficiency, error_band
+    from workbench.plan.trees.answers import parallelism_answers
+    from workbench.sim.capacity import cheapest_configuration
+    from workbench.widgets import capacity_view
+    from workbench.widgets.capacity import setup_of
+
+    m, hw = get_model("llama-3-70b"), H100
+    fitted = default_efficiency(hw)
+    assert fitted.source.startswith("fitted to published measurements on h100-sxm")
+    b = Batch.decode(32, 1280)
+    plan = decode_step(m, hw, 32, 1280, tp=4).time_s
+    assert StepCostModel(m, hw, tp=4).efficiency == fitted
+    assert RooflineStepModel(m, hw, "bf16", tp=4).predict_record(b) == pytest.approx(plan)
+    view = capacity_view("llama-3-70b", "h100-sxm", tp=4)
+    assert setup_of(view).step_model(4).seconds(b) == pytest.approx(plan)
+    assert view.decode_step_ms == pytest.approx(
+        decode_step(m, hw, view.batch, 1024 + 256 // 2, tp=4).time_s * 1e3)
+    small = get_model("llama-3-8b")           # the tree prices one GPU: a model that fits
+    _, facts = parallelism_answers(small, hw, context=1280, batch=1)
+    assert facts["tpot_s_batch1"] == pytest.approx(decode_step(small, hw, 1, 1280).time_s)
+    from workbench.traffic import load_scenario
+
+    sc = load_scenario(Path(__file__).parent.parent / "scenarios" / "chat.yaml",
+                       ["num_requests=40", "arrival.rate=2"])
+    rows = cheapest_configuration(sc, get_model("llama-3-8b"), [hw], "bf16", tp=1)
+    assert rows[0]["error_band"] == error_band().summary()

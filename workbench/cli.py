@@ -359,9 +359,13 @@ def _capacity_by_hardware(sc, hardware, model, precision, tp, utilization, calib
     if json_out:
         typer.echo(json.dumps({"goal": goal, "rows": rows}, indent=2, default=str))
         return
+    from workbench.plan.step_params import error_band
+
     typer.echo(f"goal: {goal} at {sc.arrival.rate:g} req/s, sized for {utilization:g} "
-               f"utilization; {model} {precision}; roofline extrapolation"
-               + (" calibrated on this machine" if calibrate else ""))
+               f"utilization; {model} {precision}; step model fitted to published "
+               "measurements" + (", shares of peak calibrated on this machine" if calibrate
+                                 else "")
+               + f"; forecast error {error_band().summary()} on held-out measurements")
     for r in rows:
         if r["replicas"] is None:
             typer.echo(f"  {r['hardware']:>10}: -  ({r['why'].splitlines()[0]})")

@@ -369,6 +369,9 @@ def hardware_table(rows: list[dict], sc) -> pd.DataFrame:
                "$ per month": f"${r['cost_per_month']:,.0f}" if r.get("cost_per_month") else "–"}
         for m, v in (r.get("percentiles") or {}).items():
             row[f"{METRIC_NAMES.get(m, m)} p{num(sc.slo.percentile)}"] = format_ms(v)
+        # How far such forecasts missed published measurements held out of their fit.
+        row["forecast error (held out)"] = r.get("error_band", "–") if r.get("replicas") \
+            else "–"
         row["verdict"] = ("cheapest" if r["hardware"] == cheapest else
                           "meets SLOs" if r.get("replicas") else "ruled out")
         out.append(row)
@@ -476,3 +479,30 @@ def show(df: pd.DataFrame):
     if "verdict" in df.columns:
         styler = styler.map(lambda v: VERDICT_STYLE.get(v, ""), subset=["verdict"])
     return styler
+
+
+def forecast_validation() -> tuple[str, pd.DataFrame | None]:
+    """The GPU forecasts' held-out errors (stored by `workbench plan fit-published`): a
+    sentence and the by-GPU table, for the report's appendix."""
+    from workbench.plan.step_params import error_band, validation_tables
+
+    tables = validation_tables()
+    by_gpu = tables.get("leave-one-source-out, by GPU")
+    knees = tables.get("knees") or {}
+    text = (f"Forecasts for GPUs not at hand use a step model fitted to published vLLM "
+            f"measurements (workbench/plan/published/). Predicting each measurement with the "
+            f"model fitted without that measurement's source, the median errors are "
+            f"{error_band().summary()}.")
+    if knees.get("sweeps"):
+        text += (f" The concurrency where throughput stops growing was predicted within one "
+                 f"doubling in {knees['within_one_doubling']} of {knees['sweeps']} sweeps.")
+    if not by_gpu:
+        return text, None
+    frame = pd.DataFrame(by_gpu).T
+    shown = frame.rename(columns={"ttft": "TTFT", "tpot": "TPOT",
+                                  "output_throughput": "output throughput"})
+    for c in ("TTFT", "TPOT", "output throughput"):
+        if c in shown:
+            shown[c] = shown[c].map(lambda x: "–" if pd.isna(x) else f"±{x:.0%}")
+    shown["rows"] = shown["rows"].map(lambda x: f"{int(x):,}")
+    return text, shown.rename_axis("GPU")

@@ -16,6 +16,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # None = the model's max_position_embeddings
     enable_chunked_prefill: bool = True
+    # vLLM V0 without chunked prefill: steps of new prompts only, before decodes resume.
+    prefill_first: bool = False
     seed: int = 0  # for requests that sample without a seed of their own
 
     def __post_init__(self) -> None:

@@ -30,6 +30,10 @@ class SchedulerConfig:
     max_model_len: int
     enable_chunked_prefill: bool = True
     eos_token_ids: tuple[int, ...] = ()
+    # vLLM's V0 scheduler without chunked prefill: a step runs either new prompts or the
+    # decodes, prompts first (decodes wait while prompts are admitted). Off: prompts join the
+    # decodes' step (V1, and V0 with chunked prefill).
+    prefill_first: bool = False
     # Share of the pool kept free when admitting while others run (vLLM's watermark, 0.01):
     # a prompt admitted into the very last blocks is preempted by the next decode that needs a
     # block, its prefill wasted.
@@ -107,6 +111,10 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         bm = self.block_manager
+        if self.config.prefill_first and self.waiting:
+            self._admit(out, budget, now)
+            if out.scheduled:
+                return out
 
         i = 0
         while i < len(self.running) and budget > 0:
@@ -130,7 +138,14 @@ class Scheduler:
             break  # seq preempted itself: it was the last running sequence
 
         # New admissions wait while anything is being preempted: the pool is under pressure.
-        while (not out.preempted and self.waiting and budget > 0
+        if not out.preempted:
+            self._admit(out, budget, now)
+        return out
+
+    def _admit(self, out: SchedulerOutput, budget: int, now: float) -> int:
+        """Admit waiting sequences first-come first-served into `out`; the budget left."""
+        bm = self.block_manager
+        while (self.waiting and budget > 0
                and len(self.running) < self.config.max_num_seqs):
             seq = self.waiting[0]
             n = seq.num_uncomputed_tokens
@@ -150,7 +165,7 @@ class Scheduler:
             self.running.append(seq)
             out.scheduled.append(self._scheduled(seq, n))
             budget -= n
-        return out
+        return budget
 
     @staticmethod
     def _scheduled(seq: Sequence, n: int) -> ScheduledSeq:

@@ -41,7 +41,7 @@ from workbench.plan.memory import (
 )
 from workbench.plan.models_catalog import MODELS, ModelArch, arch_from_hf_config, get_model
 from workbench.plan.roofline import (
-    DEFAULT_EFFICIENCY,
+    LITERATURE_EFFICIENCY,
     PEAK,
     Efficiency,
     critical_batch,
@@ -53,7 +53,7 @@ from workbench.plan.roofline import (
 from workbench.plan.trees import TREES, evaluate, iter_paths, recommend
 
 __all__ = [
-    "DEFAULT_EFFICIENCY", "FRAMEWORKS", "MODELS", "PEAK", "TREES", "Efficiency", "Hardware",
+    "LITERATURE_EFFICIENCY", "FRAMEWORKS", "MODELS", "PEAK", "TREES", "Efficiency", "Hardware",
     "MemoryPlan", "ModelArch", "ModelDoesNotFitError", "Route", "active_param_count",
     "add_hardware_file", "measure_hardware",
     "arch_from_hf_config", "bits_per_weight", "cost_from_simulation", "cost_per_million_tokens",

@@ -40,14 +40,13 @@ from workbench.plan.memory import canonical_precision, kv_dtype_for, kv_estimate
 from workbench.plan.models_catalog import ModelArch, get_model
 from workbench.plan.names import check_positive
 from workbench.plan.step_cost import (
-    DEFAULT_EFFICIENCY,
-    DEFAULT_STEP_OVERHEAD_S,
     Batch,
     Efficiency,
     StepCost,
     StepCostModel,
-    compute_dtype,
+    peak_flops_for,
 )
+from workbench.plan.step_params import efficiency_for
 from workbench.plan.trees.answers import GPUS_PER_NODE
 
 SECONDS_PER_MONTH = HOURS_PER_MONTH * 3600
@@ -63,7 +62,7 @@ class BatchPoint:
     tpot_s: float                 # the mean step: the time per output token
     output_tokens_per_s: float    # batch / TPOT
     requests_per_s: float         # batch / (output_tokens x TPOT)
-    ttft_floor_s: float           # prefill + one step, before any queueing
+    ttft_floor_s: float           # prefill + one step + the client's HTTP/tokenization
 
     @property
     def prefill_per_step_s(self) -> float:
@@ -83,7 +82,7 @@ class Setup:
     prompt_tokens: int
     output_tokens: int
     reserve_fraction: float = DEFAULT_RESERVE
-    overhead_s: float = DEFAULT_STEP_OVERHEAD_S
+    overhead_s: float = 0.0                    # setup_for: the efficiency's, unless given
     max_num_seqs: int | None = None            # engine limits; None = only memory limits
     max_num_batched_tokens: int | None = None
 
@@ -154,7 +153,7 @@ class Setup:
         return BatchPoint(batch=batch, decode_step_s=decode, prefill_s=prefill, tpot_s=tpot,
                           output_tokens_per_s=batch / tpot,
                           requests_per_s=batch / (self.output_tokens * tpot),
-                          ttft_floor_s=prefill + tpot)
+                          ttft_floor_s=prefill + tpot + self.efficiency.client_s)
 
     def requests_per_s(self, batch: int, tp: int) -> float:
         """One replica's completions: batch / (output_tokens x TPOT)."""
@@ -179,38 +178,34 @@ class Setup:
 
 def resolve(model: str, gpu: str, precision: str, prompt_tokens: int, output_tokens: int,
             kv_dtype: str = "auto", reserve_fraction: float = DEFAULT_RESERVE,
-            memory_efficiency: float = DEFAULT_EFFICIENCY.memory,
-            compute_efficiency: float = DEFAULT_EFFICIENCY.compute,
+            memory_efficiency: float | None = None,
+            compute_efficiency: float | None = None,
             price_per_hour: float | None = None,
-            overhead_s: float = DEFAULT_STEP_OVERHEAD_S, max_num_seqs: int | None = None,
+            overhead_s: float | None = None, max_num_seqs: int | None = None,
             max_num_batched_tokens: int | None = None) -> Setup:
     """Look up the catalogs and check the inputs, naming the field at fault."""
     check_positive(prompt_tokens=prompt_tokens, output_tokens=output_tokens,
                    max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens)
     m, hw = get_model(model), get_hardware(gpu, price_per_hour)
     return setup_for(m, hw, precision, int(prompt_tokens), int(output_tokens), kv_dtype,
-                     reserve_fraction, efficiency_of(memory_efficiency, compute_efficiency),
+                     reserve_fraction, efficiency_for(hw, memory_efficiency, compute_efficiency),
                      overhead_s, max_num_seqs, max_num_batched_tokens)
-
-
-def efficiency_of(memory: float, compute: float) -> Efficiency:
-    if (memory, compute) == (DEFAULT_EFFICIENCY.memory, DEFAULT_EFFICIENCY.compute):
-        return DEFAULT_EFFICIENCY   # keeps the published sources in the explanation
-    return Efficiency(memory, compute, "given by the user")
 
 
 def setup_for(m: ModelArch, hw: Hardware, precision: str, prompt_tokens: int,
               output_tokens: int, kv_dtype: str = "auto",
               reserve_fraction: float = DEFAULT_RESERVE,
-              efficiency: Efficiency = DEFAULT_EFFICIENCY,
-              overhead_s: float = DEFAULT_STEP_OVERHEAD_S, max_num_seqs: int | None = None,
+              efficiency: Efficiency | None = None,
+              overhead_s: float | None = None, max_num_seqs: int | None = None,
               max_num_batched_tokens: int | None = None) -> Setup:
     """A Setup from catalog entries; a ValueError names a precision the GPU cannot run."""
     p = canonical_precision(precision)
-    if not hw.peak_tflops.get(compute_dtype(p)):
-        have = [k for k, v in hw.peak_tflops.items() if v]
-        raise ValueError(f"precision: {hw.name} has no {compute_dtype(p)} tensor cores for "
-                         f"{p}; its peaks: {', '.join(have)}")
+    try:
+        peak_flops_for(hw, p)
+    except ValueError as e:
+        raise ValueError(f"precision: {hw.name} cannot run {p} ({e})") from None
+    efficiency = efficiency or efficiency_for(hw)
+    overhead_s = efficiency.overhead_s if overhead_s is None else overhead_s
     return Setup(m, hw, p, kv_dtype_for(p, kv_dtype), efficiency, prompt_tokens,
                  output_tokens, reserve_fraction, overhead_s, max_num_seqs,
                  max_num_batched_tokens)

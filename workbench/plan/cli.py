@@ -7,12 +7,11 @@ from typing import Annotated
 import typer
 
 from workbench.cli_errors import user_errors
-from workbench.plan import cli_trees, render
+from workbench.plan import cli_published, cli_trees, render
 from workbench.plan.budget import DEFAULT_RESERVE
 from workbench.plan.cli_options import Gpu, HardwareFile
 from workbench.plan.cost import DEFAULT_UTILIZATION
 from workbench.plan.memory import DEFAULT_GROUP_SIZE
-from workbench.plan.step_cost import DEFAULT_EFFICIENCY
 
 plan_app = typer.Typer(help="Planning calculators: memory, roofline, cost and decision trees.",
                        no_args_is_help=True)
@@ -61,28 +60,25 @@ def roofline(model: Model = "llama-2-7b", gpu: Gpu = "h100-sxm", precision: Prec
              prompt: Annotated[int, typer.Option(help="Prompt tokens for prefill.")] = 512,
              tp: int = 1,
              hardware_file: HardwareFile = None,
-             memory_efficiency: Annotated[float, typer.Option(help="Achieved/peak bandwidth.")
-                                          ] = DEFAULT_EFFICIENCY.memory,
-             compute_efficiency: Annotated[float, typer.Option(help="Achieved/peak FLOPs.")
-                                           ] = DEFAULT_EFFICIENCY.compute,
+             memory_efficiency: Annotated[float | None, typer.Option(
+                 help="Achieved/peak bandwidth (default: fitted for the GPU).")] = None,
+             compute_efficiency: Annotated[float | None, typer.Option(
+                 help="Achieved/peak FLOPs (default: fitted for the GPU).")] = None,
              as_json: Json = False):
     """Prefill and decode step times on the roofline, bound and with efficiency factors."""
     from workbench.plan.hardware import get_hardware
     from workbench.plan.models_catalog import get_model
     from workbench.plan.roofline import (
         PEAK,
-        Efficiency,
         critical_batch,
         decode_step,
         decode_throughput_bound,
         prefill_step,
     )
+    from workbench.plan.step_params import efficiency_for
 
     m, hw = get_model(model), get_hardware(gpu)
-    eff = (DEFAULT_EFFICIENCY
-           if (memory_efficiency, compute_efficiency) == (DEFAULT_EFFICIENCY.memory,
-                                                          DEFAULT_EFFICIENCY.compute)
-           else Efficiency(memory_efficiency, compute_efficiency, "given on the command line"))
+    eff = efficiency_for(hw, memory_efficiency, compute_efficiency)
     rows = []
     for label, e in (("bound (peak)", PEAK), ("expected (efficiency)", eff)):
         for step in (decode_step(m, hw, batch, context, precision, tp=tp, efficiency=e),
@@ -92,8 +88,11 @@ def roofline(model: Model = "llama-2-7b", gpu: Gpu = "h100-sxm", precision: Prec
                          "time_ms": d["time_s"] * 1e3, "bound": d["bound"],
                          "tokens_per_s": d["tokens_per_s"]})
     crit = critical_batch(m, hw, context, precision, tp=tp)
+    from workbench.plan.step_params import error_band
+
     facts: dict = {"critical_batch": crit, "max_batch_that_fits": None,
-                   "decode_tokens_per_s_ceiling_per_gpu": None, "efficiency_source": eff.source}
+                   "decode_tokens_per_s_ceiling_per_gpu": None, "efficiency_source": eff.source,
+                   "forecast_error_held_out": error_band().summary()}
     try:
         ceiling = decode_throughput_bound(m, hw, context, precision, tp=tp)
         facts |= {"max_batch_that_fits": ceiling.batch,
@@ -172,3 +171,4 @@ def _parse_route(text: str):
 
 
 cli_trees.register(plan_app, user_errors, _out)
+cli_published.register(plan_app, user_errors, _out)

@@ -76,6 +76,18 @@ _ENTRIES = [
            qkv_bias=True),
     _llama("mixtral-8x7b", 4096, 32, 32, 8, 14336, 32000, 32768,
            "mistralai/Mixtral-8x7B-v0.1", num_experts=8, experts_per_token=2),
+    # The models of the published measurements (workbench/plan/published/).
+    _llama("llama-3.1-405b", 16384, 126, 128, 8, 53248, 128256, 131072,
+           "meta-llama/Llama-3.1-405B"),
+    _llama("mistral-7b-v0.3", 4096, 32, 32, 8, 14336, 32768, 32768,
+           "mistralai/Mistral-7B-Instruct-v0.3"),
+    # Mistral-Nemo's head_dim (128) is not hidden / heads (160).
+    ModelArch("mistral-nemo-12b", 5120, 40, 32, 8, 128, 14336, 131072, 131072,
+              source=_card("mistralai/Mistral-Nemo-Instruct-2407")),
+    _llama("mistral-large-2407", 12288, 88, 96, 8, 28672, 32768, 131072,
+           "mistralai/Mistral-Large-Instruct-2407"),
+    _llama("mixtral-8x22b", 6144, 56, 48, 8, 16384, 32768, 65536,
+           "mistralai/Mixtral-8x22B-v0.1", num_experts=8, experts_per_token=2),
 ]
 MODELS: dict[str, ModelArch] = {m.name: m for m in _ENTRIES}
 _ALIASES = {"llama2-7b": "llama-2-7b", "mistral": "mistral-7b", "mixtral": "mixtral-8x7b"}

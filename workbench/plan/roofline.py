@@ -3,8 +3,8 @@
 decode: every step reads the weights once plus each sequence's KV -> memory-bound at small
 batch; prefill: 2 x active params FLOPs per token plus causal attention -> compute-bound.
 The terms and their sources live in workbench.plan.step_cost (the one step-cost model); this
-module asks it about whole-phase batches. Efficiency factors scale the peaks down to what
-kernels achieve; replace them with measured ones (efficiency_from_measurement).
+module asks it about whole-phase batches. The parameters default to those fitted to published
+measurements for the GPU (workbench.plan.step_params); PEAK gives the pure roofline.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from workbench.plan.memory import DEFAULT_GROUP_SIZE
 from workbench.plan.models_catalog import ModelArch
 from workbench.plan.names import check_positive
 from workbench.plan.step_cost import (  # noqa: F401  (re-exported: callers import them here)
-    DEFAULT_EFFICIENCY,
-    DEFAULT_STEP_OVERHEAD_S,
+    LITERATURE_EFFICIENCY,
     PEAK,
     Batch,
     Efficiency,
@@ -30,9 +29,9 @@ from workbench.plan.step_cost import (  # noqa: F401  (re-exported: callers impo
 
 def decode_step(m: ModelArch, hw: Hardware, batch: int = 1, context: int = 0,
                 precision: str = "bf16", kv_dtype: str = "auto", tp: int = 1,
-                efficiency: Efficiency = DEFAULT_EFFICIENCY,
+                efficiency: Efficiency | None = None,
                 group_size: int = DEFAULT_GROUP_SIZE,
-                overhead_s: float = DEFAULT_STEP_OVERHEAD_S) -> StepCost:
+                overhead_s: float | None = None) -> StepCost:
     """One decode step: `batch` sequences each with `context` tokens already cached (a
     StepCost with phase "decode")."""
     check_positive(batch=batch)
@@ -44,9 +43,9 @@ def decode_step(m: ModelArch, hw: Hardware, batch: int = 1, context: int = 0,
 
 def prefill_step(m: ModelArch, hw: Hardware, prompt_tokens: int, batch: int = 1,
                  precision: str = "bf16", kv_dtype: str = "auto", tp: int = 1,
-                 efficiency: Efficiency = DEFAULT_EFFICIENCY,
-                group_size: int = DEFAULT_GROUP_SIZE,
-                 overhead_s: float = DEFAULT_STEP_OVERHEAD_S) -> StepCost:
+                 efficiency: Efficiency | None = None,
+                 group_size: int = DEFAULT_GROUP_SIZE,
+                 overhead_s: float | None = None) -> StepCost:
     """Prefill of `batch` prompts of `prompt_tokens` each: weights read once, KV written (a
     StepCost with phase "prefill")."""
     check_positive(prompt_tokens=prompt_tokens, batch=batch)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workbench.plan.cost import DEFAULT_UTILIZATION, HOURS_PER_MONTH
-from workbench.plan.step_cost import DEFAULT_STEP_OVERHEAD_S, Batch
+from workbench.plan.step_cost import Batch
 from workbench.sim.simulator import simulate_requests
 from workbench.traffic.metrics import COMPLETED, goodput, slo_percentiles
 from workbench.traffic.sweep import with_rate
@@ -215,7 +215,7 @@ def scenario_context(scenario, vocab_size: int) -> int:
 def cheapest_configuration(scenario, arch, hardware: list, precision: str = "bf16",
                            tp: int | None = None, lb: str = "least-outstanding",
                            max_replicas: int = 64, efficiency=None,
-                           step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S,
+                           step_overhead_s: float | None = None,
                            utilization: float = DEFAULT_UTILIZATION) -> list[dict]:
     """For each hardware candidate: GPUs per replica (given, or chosen by the analytic
     auto_tp as the calculator does), a roofline step model (an extrapolation), the fewest
@@ -225,7 +225,6 @@ def cheapest_configuration(scenario, arch, hardware: list, precision: str = "bf1
     precision, SLOs out of reach) comes back with the reason instead of a count."""
     from workbench.plan.capacity_analytic import auto_tp, setup_for
     from workbench.plan.cost import cost_from_simulation, replicas_needed
-    from workbench.plan.step_cost import DEFAULT_EFFICIENCY
     from workbench.sim.roofline_model import RooflineStepModel
     from workbench.traffic.workload import build_requests
 
@@ -235,7 +234,6 @@ def cheapest_configuration(scenario, arch, hardware: list, precision: str = "bf1
     if rate is None:
         raise ValueError("arrival.kind: capacity across hardware needs a rate (constant, "
                          f"poisson or gamma), got {scenario.arrival.kind!r}")
-    efficiency = efficiency or DEFAULT_EFFICIENCY
     # The traffic every candidate is simulated with; its requests (drawn once more at this
     # rate when the scenario runs for a duration) size the context and the analytic TP choice.
     sized = with_rate(scenario, rate / utilization)
@@ -245,17 +243,23 @@ def cheapest_configuration(scenario, arch, hardware: list, precision: str = "bf1
     output = round(float(np.mean([s.max_tokens for s in specs])))
     cfg = _engine_config(scenario)
     rows = []
+    from workbench.plan.step_params import error_band, on_hardware
+
+    band = error_band().summary()
     for hw in hardware:
         row = {"hardware": hw.name, "precision": precision, "tp": tp,
-               "price_per_gpu_hour": hw.price_per_hour, "context": context}
+               "price_per_gpu_hour": hw.price_per_hour, "context": context,
+               "error_band": band}
+        # A calibration's shares of peak, this GPU's own fixed costs.
+        hw_efficiency = on_hardware(efficiency, hw)
         try:
             size, row["tp_reason"] = (tp, "given") if tp else auto_tp(
-                setup_for(arch, hw, precision, prompt, output, efficiency=efficiency,
+                setup_for(arch, hw, precision, prompt, output, efficiency=hw_efficiency,
                           overhead_s=step_overhead_s, max_num_seqs=cfg.max_num_seqs,
                           max_num_batched_tokens=cfg.max_num_batched_tokens),
                 context, scenario.slos.get("tpot", float("inf")), rate, utilization)
             row["tp"] = size
-            model = RooflineStepModel(arch, hw, precision, tp=size, efficiency=efficiency,
+            model = RooflineStepModel(arch, hw, precision, tp=size, efficiency=hw_efficiency,
                                       step_overhead_s=step_overhead_s, context=context)
         except ValueError as e:   # does not fit, or no tensor cores for the precision
             rows.append(row | {"replicas": None, "why": str(e)})

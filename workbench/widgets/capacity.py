@@ -21,7 +21,6 @@ from workbench.plan.capacity_analytic import (  # noqa: F401  (re-exported)
 )
 from workbench.plan.cost import DEFAULT_UTILIZATION, replicas_needed  # noqa: F401
 from workbench.plan.names import check_positive
-from workbench.plan.step_cost import DEFAULT_EFFICIENCY
 from workbench.widgets.capacity_text import explain, summary_rows
 
 
@@ -102,8 +101,8 @@ def capacity_view(model: str = "llama-3-8b", gpu: str = "h100-sxm", precision: s
                   output_tokens: int = 256, tpot_slo_ms: float = 50.0,
                   ttft_slo_ms: float | None = 1000.0, tp: int | None = None,
                   kv_dtype: str = "auto", reserve_fraction: float = DEFAULT_RESERVE,
-                  memory_efficiency: float = DEFAULT_EFFICIENCY.memory,
-                  compute_efficiency: float = DEFAULT_EFFICIENCY.compute,
+                  memory_efficiency: float | None = None,
+                  compute_efficiency: float | None = None,
                   price_per_hour: float | None = None,
                   utilization: float = DEFAULT_UTILIZATION, max_num_seqs: int | None = None,
                   max_num_batched_tokens: int | None = None) -> CapacityView:
@@ -112,6 +111,7 @@ def capacity_view(model: str = "llama-3-8b", gpu: str = "h100-sxm", precision: s
     context: the longest request the deployment admits (max_model_len); one must fit.
     tp: GPUs per replica, None = auto_tp. utilization: target average busy share of the
     replicas, the headroom kept for bursts. price_per_hour: None = the catalog's price.
+    memory_efficiency / compute_efficiency: MBU / MFU, None = fitted for the GPU.
     max_num_seqs / max_num_batched_tokens: the engine's batch limits (a scenario's
     target.engine), None = only memory and the SLO limit the batch.
     """

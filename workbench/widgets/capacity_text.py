@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from workbench.plan.cost import HOURS_PER_MONTH
+from workbench.plan.step_params import error_band
 
 if TYPE_CHECKING:
     from workbench.widgets.capacity import CapacityView, Setup
@@ -90,7 +91,10 @@ def explain(v: CapacityView, s: Setup) -> str:
         lines.append(f"TTFT floor (one prefill + one step, no queueing): {v.ttft_floor_ms:.0f} ms, "
                      f"{verdict} the {i['ttft_slo_ms']:g} ms SLO; queueing adds to it, so "
                      "check percentiles with the simulator (notebook 04).")
-    lines.append("Not modelled: tensor-parallel all-reduce time, queueing delay, bursts beyond "
+    lines.append(f"Step times come from the step model fitted to published vLLM measurements "
+                 f"({s.efficiency.source}); on measurements held out of that fit its forecasts "
+                 f"missed by {error_band().summary()} (median).")
+    lines.append("Not modelled: queueing delay, bursts beyond "
                  "the utilization headroom.")
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ import ipywidgets as widgets
 
 from workbench.plan import MODELS, hardware_catalog
 from workbench.plan.hardware import get_hardware
+from workbench.plan.step_params import efficiency_for
 from workbench.widgets.capacity import CapacityView, capacity_view
 from workbench.widgets.capacity_figures import capacity_figures
 from workbench.widgets.capacity_whatif import tp_options
@@ -89,6 +90,11 @@ class CapacityCalculator(HeldRefresh, widgets.VBox):
         params |= defaults
         if params["price_per_hour"] is None:  # show the catalog price, editable
             params["price_per_hour"] = get_hardware(params["gpu"]).price_per_hour
+        fitted = efficiency_for(params["gpu"])   # show the fitted MBU / MFU, editable
+        for name, value in (("memory_efficiency", fitted.memory),
+                            ("compute_efficiency", fitted.compute)):
+            if params[name] is None:
+                params[name] = round(value, 2)
         self.controls = {name: _control(name, params[name]) for group in GROUPS.values()
                          for name in group}
         self.view: CapacityView | None = None

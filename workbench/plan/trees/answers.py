@@ -10,7 +10,7 @@ from workbench.plan.budget import DEFAULT_RESERVE, max_concurrent_seqs, min_tp
 from workbench.plan.hardware import Hardware
 from workbench.plan.models_catalog import ModelArch
 from workbench.plan.names import check_non_negative, check_positive
-from workbench.plan.roofline import DEFAULT_EFFICIENCY, Efficiency, decode_step
+from workbench.plan.roofline import Efficiency, decode_step
 
 GPUS_PER_NODE = 8          # HGX / DGX nodes carry 8 GPUs
 REPEAT_THRESHOLD = 0.10    # a response cache pays off once ~1 in 10 requests repeats
@@ -46,7 +46,7 @@ def parallelism_answers(m: ModelArch, hw: Hardware, precision: str = "bf16",
                         context: int = 4096, batch: int = 1,
                         target_tokens_per_s: float | None = None,
                         target_tpot_s: float | None = None,
-                        efficiency: Efficiency = DEFAULT_EFFICIENCY,
+                        efficiency: Efficiency | None = None,
                         reserve_fraction: float = DEFAULT_RESERVE) -> tuple[dict, dict]:
     """Fit from the memory model, sized for the target: `batch` sequences of `context` tokens
     (weights plus their KV); load and latency from the roofline with `efficiency`.
