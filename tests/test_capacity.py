@@ -296,3 +296,19 @@ def test_plan_capacity_hardware_takes_a_hardware_file(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, args + ["--hardware-file", str(path)])
     assert res.exit_code == 0, res.output
     assert "tiny-gpu: -  (model: llama-3-8b does not fit on 1 x tiny-gpu" in res.output
+
+
+def test_a_forecast_adds_the_clients_latency_to_ttft_and_e2e():
+    from dataclasses import replace
+
+    from workbench.plan.step_params import default_efficiency
+    from workbench.sim.roofline_model import RooflineStepModel
+
+    sc = scenario(rate=2.0, prompt=256, output=32, n=20)
+    hw, arch = get_hardware("h100-sxm"), get_model("llama-3-8b")
+    base = replace(default_efficiency(hw), client_s=0.0)
+    quiet = sim_capacity.evaluate(sc, RooflineStepModel(arch, hw, efficiency=base), 1)
+    slow = sim_capacity.evaluate(sc, RooflineStepModel(
+        arch, hw, efficiency=replace(base, client_s=0.25)), 1)
+    assert slow.percentiles["ttft"] == pytest.approx(quiet.percentiles["ttft"] + 0.25)
+    assert slow.percentiles["tpot"] == pytest.approx(quiet.percentiles["tpot"])
