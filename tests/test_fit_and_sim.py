@@ -90,6 +90,22 @@ def test_held_out_steps_are_whole_cases_or_runs():
         set(np.asarray(train) // 2) & set(np.asarray(test) // 2))
 
 
+def test_a_profile_and_a_traffic_run_fit_together():
+    # `workbench fit profile-run traffic-run`: the traffic run's steps carry no case; they are
+    # held out in blocks of consecutive steps, not as one group, and not dropped.
+    steps, _ = synthetic_steps(n=400)
+    steps["run"] = np.where(np.arange(400) < 200, "profile", "traffic")
+    steps["case"] = np.where(steps["run"] == "profile", np.arange(400) // 10, np.nan)
+    train, test, by = holdout_split(steps, 0.2, seed=0)
+    assert by == "run+case" and sorted([*train, *test]) == list(range(400))
+    traffic = np.flatnonzero(steps["run"] == "traffic")
+    block = {i: i // BLOCK_STEPS for i in traffic}  # consecutive steps stay together
+    held = {block[i] for i in test if i in block}
+    kept = {block[i] for i in train if i in block}
+    assert held and kept and not held & kept
+    assert fit_step_model(steps, MODEL, ENGINE).validation["n_test"] == len(test)
+
+
 def test_simulated_timeline_by_hand():
     # 10 ms per step, whatever runs: a 10-token prompt prefills in one step, then 4 decodes.
     sim = Simulator(const_model(0.010), {"max_num_seqs": 4})

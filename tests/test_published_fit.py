@@ -17,7 +17,13 @@ from workbench.sim.published_fit import (
     knees,
     trace_row,
 )
-from workbench.sim.published_rows import simulate_row
+from workbench.sim.published_rows import (
+    empty_answers,
+    predicted_metrics,
+    row_setting,
+    simulate_row,
+    simulate_setting,
+)
 
 ROW = dict(source="s", source_ref="x@y:z", date="2024-09-01", engine="vllm",
            engine_version="0.5.4", gpu="h100-sxm", gpu_count=1, tp=1,
@@ -41,6 +47,25 @@ def test_the_retimed_schedule_is_the_simulation(load):
         got, want = trace_row(row, START).metrics(e), simulate_row(row, e)
         for key in ("ttft_ms_mean", "tpot_ms_mean", "output_throughput"):
             assert got[key] == pytest.approx(want[key], rel=1e-9), key
+
+
+def test_empty_sharegpt_answers_count_as_the_benchmark_counts_them():
+    # vLLM's benchmark_serving gives an answer with no text TTFT 0 and no tokens: a ShareGPT
+    # run without ignore_eos has ~20% of them, and its mean TTFT is that much lower.
+    row = ROW | {"workload": "sharegpt", "input_tokens": 200, "output_tokens": 150,
+                 "concurrency": 40, "num_requests": 40}
+    s = row_setting(row)
+    empty = empty_answers(s)
+    assert s.empty_answers and 0.1 < empty.mean() < 0.3
+    assert not empty_answers(row_setting(row | {"mode": "offline"})).any()
+    got = simulate_row(row, TRUE)
+    trace = trace_row(row, START)
+    assert (trace.req_output == 0).sum() == empty.sum()
+    assert trace.metrics(TRUE)["ttft_ms_mean"] == pytest.approx(got["ttft_ms_mean"], rel=1e-9)
+    _, result = simulate_setting(s, TRUE)
+    full = predicted_metrics(result.records, TRUE.client_s)
+    assert got["ttft_ms_mean"] < full["ttft_ms_mean"] * (1 - empty.mean() / 2)
+    assert got["output_throughput"] < full["output_throughput"]
 
 
 def test_open_loop_rows_are_simulated_again_between_rounds():

@@ -145,3 +145,28 @@ def test_every_forecast_prices_steps_with_the_gpus_fitted_parameters(tmp_path):
                        ["num_requests=40", "arrival.rate=2"])
     rows = cheapest_configuration(sc, get_model("llama-3-8b"), [hw], "bf16", tp=1)
     assert rows[0]["error_band"] == error_band().summary()
+
+
+def test_a_gpu_without_a_fitted_set_borrows_its_architectures():
+    """An H200 (no published rows) is forecast with what the Hopper GPUs measured, an A100
+    80GB with no set of its own with the A100 40GB's; a chip of no fitted architecture gets
+    the generic set, and the catalog's architecture field is checked like every other."""
+    from workbench.plan.hardware import parse_hardware
+    from workbench.plan.step_params import default_efficiency, fitted_sets, parameters_for_gpu
+
+    sets = fitted_sets()
+    generic, per_gpu = sets.pop("generic"), sets
+    h200 = default_efficiency("h200")
+    hopper = [per_gpu[k] for k in ("gh200", "h100-sxm") if k in per_gpu]
+    assert hopper and h200.memory == pytest.approx(sum(e.memory for e in hopper) / len(hopper))
+    assert "same architecture, hopper" in h200.source
+    a100 = {"a100-40gb": per_gpu["a100-40gb"]}
+    borrowed = parameters_for_gpu("a100-80gb", generic, a100)
+    assert replace(borrowed, source="") == replace(a100["a100-40gb"], source="")
+    assert "a100-40gb (same architecture, ampere)" in borrowed.source
+    assert parameters_for_gpu("l4", generic, a100) == generic      # ada: none fitted
+    assert parameters_for_gpu("no-such-gpu", generic, a100) == generic
+    assert get_hardware("mi300x").architecture == "cdna3"
+    entry = {"vendor": "nvidia", "memory_gib": 24, "memory_bandwidth_gb_s": 1008,
+             "peak_tflops": {"bf16": 165}, "architecture": "Ada"}
+    assert parse_hardware({"hardware": {"rtx": entry}})["rtx"].architecture == "ada"

@@ -35,8 +35,9 @@ def can_measure() -> bool:
 def measure_step_peak(engine, batched_tokens: int, repeats: int = 3) -> int | None:
     """Peak memory above the resting state during one prefill step of `batched_tokens` tokens,
     on CPU: reset the process's high-water mark (/proc/self/clear_refs), run the step, read
-    VmHWM. Large blocks are mmapped (glibc M_MMAP_THRESHOLD fixed at 64 KiB) so that memory
-    freed by one step is returned and the next step's peak shows. None where not measurable."""
+    VmHWM. While measuring, large blocks are mmapped (glibc M_MMAP_THRESHOLD fixed at 64 KiB)
+    so that memory freed by one step is returned and the next step's peak shows; see
+    `restore_allocator` for afterwards. None where not measurable."""
     if engine.device.type != "cpu" or not can_measure():
         return None
     from workbench.engine.sampling_params import SamplingParams
@@ -44,7 +45,8 @@ def measure_step_peak(engine, batched_tokens: int, repeats: int = 3) -> int | No
     from workbench.engine.sequence import Sequence
     from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
 
-    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
     vocab = engine.model_config.vocab_size
     first = FIRST_ORDINARY_TOKEN_ID
     ids = [first + i % (vocab - first) for i in range(batched_tokens)]
@@ -62,4 +64,25 @@ def measure_step_peak(engine, batched_tokens: int, repeats: int = 3) -> int | No
             peaks.append(_status_bytes("VmHWM") - before)
     finally:
         engine.block_manager.free(seq)
-    return min(peaks)
+        restore_allocator(libc)
+    # The median: one repeat that reads high (another allocation in the window) or low (a
+    # block reused from memory still resident) does not set the figure.
+    return sorted(peaks)[len(peaks) // 2]
+
+
+# glibc mallopt parameters, and the ceilings of its dynamic thresholds on 64-bit Linux
+# (DEFAULT_MMAP_THRESHOLD_MAX; the trim threshold follows at twice the mmap threshold).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+
+
+def restore_allocator(libc) -> None:
+    """Undo the 64 KiB mmap threshold for the rest of the process. Left in place, every large
+    tensor of every later step is a fresh mmap whose pages fault in: prefill steps of the
+    `tiny` model ran ~1.7x slower (256 tokens: 15 -> 28 ms), so a real run after a profile in
+    the same process (the fidelity benchmark) was far slower than the steps the fit was
+    measured on. glibc cannot return to its dynamic thresholds once one is set, so set both to
+    the values the dynamic ones reach in a warmed-up process: only blocks over 32 MiB are
+    mmapped, and the heap is trimmed above 64 MiB free."""
+    libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+    libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)

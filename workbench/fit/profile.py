@@ -1,9 +1,9 @@
 """A designed profiling sweep: drive the real engine through chosen batch compositions.
 
-Decode batches of several sizes at several context lengths (uniform and mixed), prefill chunks
-of several sizes (fresh and with prior context), and decodes sharing a step with a prefill
-chunk. Every step goes through the engine's own `step()`, so the telemetry is exactly what
-real runs record.
+Decode batches of every size up to DENSE_BATCHES, then powers of two, at several context
+lengths (uniform and mixed), prefill chunks of several sizes (fresh and with prior context),
+and decodes sharing a step with a prefill chunk. Every step goes through the engine's own
+`step()`, so the telemetry is exactly what real runs record.
 """
 
 from __future__ import annotations
@@ -11,19 +11,41 @@ from __future__ import annotations
 import numpy as np
 
 from workbench.engine import SamplingParams
+from workbench.fit.step_model import SMALL_ROWS
 from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
+
+# Decode batches up to this size are all profiled, not only powers of two: on CPU a step's time
+# is not linear in its rows at small sizes (matmul kernels and threading change with the row
+# count: `tiny` decodes 3 sequences slower than 4), and served traffic runs every size. With
+# powers of two only, the fit never saw the sizes scenarios mostly run (3, 5, 6, 7) and missed
+# them by up to 20%.
+DENSE_BATCHES = SMALL_ROWS  # the sizes the step model gives a factor of their own
+MIXED_PREFILLS = 2  # prefill requests per case that decodes share steps with
+ALONE_PREFILLS = 4  # prefill requests per case of prefills alone, one per step
 
 
 def profile_plan(max_num_seqs: int, max_tokens_per_step: int, max_context: int) -> list[dict]:
-    sizes = sorted({b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_num_seqs} | {max_num_seqs})
+    powers = sorted({b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_num_seqs} | {max_num_seqs})
+    sizes = sorted(set(range(1, min(DENSE_BATCHES, max_num_seqs) + 1)) | set(powers))
     contexts = [c for c in (16, 64, 256, 1024) if c <= max_context // 2]
     chunks = [c for c in (16, 64, 256, 512, 1024, 2048)
               if c <= max_tokens_per_step and c < max_context - 1]
+    # Batch sizes innermost: each size's cases are spread over the sweep, so a burst of load
+    # on a shared machine cannot skew one size's small-batch factor. The in-between sizes run
+    # at mixed context lengths only (prefilling the decoders is most of a sweep's time).
     plan = [{"decodes": b, "context": c, "spread": spread}
-            for b in sizes for c in contexts for spread in (False, True)]
-    plan += [{"decodes": b, "context": 128, "prefill": p}
-             for b in sizes[:: max(1, len(sizes) // 3)] for p in chunks]
-    plan += [{"decodes": 0, "context": 0, "prefill": p} for p in chunks]
+            for c in contexts for spread in (False, True) for b in sizes
+            if spread or b in powers]
+    # Prefill chunks beside decodes, the steps that carry real traffic's prefills: a chunk
+    # joins in each of the first MIXED_PREFILLS steps, so the fit sees enough steps that run
+    # both attention paths to price what that costs (the `mixed_step` feature).
+    mixed = sorted(set(powers[:: max(1, len(powers) // 3)]) | {b for b in (2,) if b in powers})
+    plan += [{"decodes": b, "context": 128, "prefill": p, "prefills": MIXED_PREFILLS}
+             for b in mixed for p in chunks]
+    # Prefill-only steps, several per chunk size: they are what the mixed steps' extra cost is
+    # measured against, and one sample of each let one slow step move that cost by 2x.
+    plan += [{"decodes": 0, "context": 0, "prefill": p, "prefills": ALONE_PREFILLS}
+             for p in chunks]
     return plan
 
 
@@ -50,12 +72,13 @@ def run_profile(engine, decode_steps: int = 8, seed: int = 0, progress=None) -> 
         while ids and any(engine.scheduler.find(r) and engine.scheduler.find(r)
                           .num_output_tokens == 0 for r in ids):
             engine.step()  # prefill the decoders (recorded too: multi-sequence prefills)
-        if case.get("prefill"):
-            rid = f"p{i}-prefill"
-            engine.add_request(rid, rng.integers(low, vocab, size=case["prefill"]).tolist(),
-                               SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
-            ids.append(rid)
-        for _ in range(decode_steps):
+        prefills = case.get("prefills", 1) if case.get("prefill") else 0
+        for k in range(decode_steps):
+            if k < prefills:  # a fresh prompt joins this step
+                rid = f"p{i}-prefill{k}"
+                engine.add_request(rid, rng.integers(low, vocab, size=case["prefill"]).tolist(),
+                                   SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
+                ids.append(rid)
             if engine.has_unfinished():
                 engine.step()
         for rid in ids:

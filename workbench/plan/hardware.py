@@ -25,6 +25,7 @@ Your own GPU, laptop or cloud instance goes in a YAML file with the packaged fil
         interconnect_gb_s: 32       # optional, default 0
         price_per_hour: 0.0         # optional, default 0
         source: my datasheet        # optional, default: the file's path
+        architecture: ada           # optional: chip generation; see plan.step_params
 
 Name it with the environment variable `WORKBENCH_HARDWARE_FILE` (several files separated by
 `os.pathsep`) or `--hardware-file PATH` on the `workbench plan` commands, or call
@@ -70,6 +71,9 @@ class Hardware:
     price_per_hour: float = 0.0
     source: str = ""
     price_source: str = ""
+    # The chip generation (ampere, hopper, cdna3, ...): a GPU with no fitted step parameters
+    # of its own borrows those of another GPU of the same architecture (plan.step_params).
+    architecture: str = ""
 
     @property
     def memory_gb(self) -> float:
@@ -105,7 +109,8 @@ class Hardware:
 # Reading and checking entries (the packaged file and the user's go through the same checks)
 
 _REQUIRED = ("vendor", "memory_bandwidth_gb_s", "peak_tflops")
-_OPTIONAL = ("interconnect", "interconnect_gb_s", "price_per_hour", "source", "price_source")
+_OPTIONAL = ("interconnect", "interconnect_gb_s", "price_per_hour", "source", "price_source",
+             "architecture")
 _ALLOWED = (*_REQUIRED, *MEMORY_FIELDS, *_OPTIONAL)
 
 
@@ -187,7 +192,8 @@ def _entry(name: str, d, origin: str) -> tuple[Hardware | None, list[str]]:
         peak_tflops={k: peaks.get(k) for k in COMPUTE_DTYPES},
         interconnect=link, interconnect_gb_s=link_gb_s, price_per_hour=price,
         source=str(d.get("source") or f"hardware file {origin}"),
-        price_source=str(d.get("price_source", ""))), []
+        price_source=str(d.get("price_source", "")),
+        architecture=str(d.get("architecture") or "").strip().lower()), []
 
 
 def parse_hardware(raw, origin: str = "") -> dict[str, Hardware]:

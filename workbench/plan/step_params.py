@@ -4,8 +4,11 @@ those parameters showed on measurements held out of their fit.
 `workbench/plan/published/step_params.yaml` is written by `workbench plan fit-published`
 (workbench.sim.published_fit) from the dataset in the same folder; it holds a `generic` set
 (all GPUs) and one set per GPU class with enough rows, plus the leave-one-source-out error of
-each forecast metric. Hardware without a set of its own gets the generic one (its efficiencies
-are shares of its own spec-sheet peaks, so they carry across chips of a kind).
+each forecast metric. Hardware without a set of its own borrows the sets fitted on GPUs of the
+same architecture (`architecture` in the hardware catalog: an A100 80GB the A100 40GB's, an
+H200 the H100's and GH200's, averaged), else gets the generic one: its efficiencies are shares
+of its own spec-sheet peaks, and the same kernels on the same chip generation reach similar
+shares.
 """
 
 from __future__ import annotations
@@ -71,9 +74,36 @@ def fitted_sets() -> dict[str, Efficiency]:
 
 def default_efficiency(hw) -> Efficiency:
     """The parameters a forecast for `hw` (a Hardware or its name) uses by default."""
-    name = getattr(hw, "name", hw)
     sets = fitted_sets()
-    return sets.get(name, sets["generic"])
+    per_gpu = {k: v for k, v in sets.items() if k != "generic"}
+    return parameters_for_gpu(getattr(hw, "name", hw), sets["generic"], per_gpu)
+
+
+def parameters_for_gpu(gpu: str, generic: Efficiency, per_gpu: dict[str, Efficiency]
+                       ) -> Efficiency:
+    """`gpu`'s own set, else the mean of the sets of GPUs of its architecture, else generic."""
+    from dataclasses import replace
+
+    if gpu in per_gpu:
+        return per_gpu[gpu]
+    arch = _architecture(gpu)
+    kin = [per_gpu[k] for k in sorted(per_gpu) if arch and _architecture(k) == arch]
+    if not kin:
+        return generic
+    mean = {n: sum(getattr(e, n) for e in kin) / len(kin) for n in PARAMETER_NAMES
+            if all(isinstance(getattr(e, n), float | int) for e in kin)}
+    names = ", ".join(k for k in sorted(per_gpu) if _architecture(k) == arch)
+    return replace(kin[0], **mean, source=f"fitted on {names} (same architecture, {arch}); "
+                                          f"{gpu} has no set of its own")
+
+
+def _architecture(gpu: str) -> str:
+    from workbench.plan.hardware import get_hardware
+
+    try:
+        return get_hardware(gpu).architecture
+    except ValueError:
+        return ""
 
 
 def error_band() -> ErrorBand:

@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 
 from workbench.plan.step_cost import Efficiency
+from workbench.plan.step_params import parameters_for_gpu
 from workbench.sim.published_rows import (
     RowSetting,
+    empty_answers,
     predicted_metrics,
     row_setting,
     simulate_setting,
@@ -74,7 +76,7 @@ class RowTrace:
     req_arrival_s: np.ndarray  # the fixed arrival time where req_arrival is -1
     req_first: np.ndarray
     req_finish: np.ndarray
-    req_output: np.ndarray
+    req_output: np.ndarray    # output tokens the source counted (0: an empty answer)
 
     def step_ends(self, e: Efficiency) -> np.ndarray:
         """Every step's end time, replica after replica (global step index order)."""
@@ -97,6 +99,7 @@ class RowTrace:
         c = e.client_s if self.setting.through_http else 0.0
         ttft, e2e = first - arrival + c, finish - arrival + c
         out = self.req_output
+        ttft = np.where(out == 0, 0.0, ttft)  # an empty answer: benchmark_serving's TTFT 0
         many = out > 1
         tpot = (e2e[many] - ttft[many]) / (out[many] - 1)
         duration = finish.max() + c - arrival.min()
@@ -144,9 +147,10 @@ def trace_row(row, e: Efficiency) -> RowTrace:
                         for r in recs])
     first = np.array([index[(r["replica"], r["token_times"][0])] for r in recs])
     finish = np.array([index[(r["replica"], r["token_times"][-1])] for r in recs])
+    empty = empty_answers(s)[[int(r["request_id"]) for r in recs]]
     return RowTrace(s, models, works, ready, arrival,
                     np.array([r["arrival"] for r in recs], float), first, finish,
-                    np.array([r["output_tokens"] for r in recs], float))
+                    np.where(empty, 0.0, [r["output_tokens"] for r in recs]))
 
 
 def published_targets(frame: pd.DataFrame) -> pd.DataFrame:
@@ -219,7 +223,9 @@ def fit_parameters(frame: pd.DataFrame, traces: list[RowTrace],
         sub_w = [weights[i] for i in rows]
         idx = [names.index(n) for n in PER_GPU]
         g0 = np.array([getattr(generic, n) for n in PER_GPU])
-        scale = np.maximum(np.abs(g0), 1e-6)
+        # The pull is relative to the generic value, or to a twentieth of the parameter's
+        # range where the generic value is ~0 (else a GPU could never leave a zero).
+        scale = np.maximum(np.abs(g0), 0.05 * (hi[idx] - lo[idx]))
 
         def res(x, sub_t=sub_t, sub_y=sub_y, sub_w=sub_w, g0=g0, scale=scale):
             e = _efficiency(generic, PER_GPU, x)
@@ -232,10 +238,6 @@ def fit_parameters(frame: pd.DataFrame, traces: list[RowTrace],
                           x_scale="jac", max_nfev=100)
         per_gpu[gpu] = replace(_efficiency(generic, PER_GPU, g.x), source="fitted")
     return generic, per_gpu
-
-
-def parameters_for(gpu: str, generic: Efficiency, per_gpu: dict) -> Efficiency:
-    return per_gpu.get(gpu, generic)
 
 
 START = Efficiency(**{n: b[2] for n, b in BOUNDS.items()}, source="fit start")
@@ -262,7 +264,7 @@ def fit_frame(frame: pd.DataFrame, traces: list[RowTrace], rounds: int = 2):
     generic, per_gpu = fit_parameters(frame, traces, START)
     for _ in range(rounds - 1):
         rows = frame.to_dict("records")
-        traces = [trace_row(rows[i], parameters_for(rows[i]["gpu"], generic, per_gpu))
+        traces = [trace_row(rows[i], parameters_for_gpu(rows[i]["gpu"], generic, per_gpu))
                   if _open_loop(t) else t for i, t in enumerate(traces)]
         generic, per_gpu = fit_parameters(frame, traces, generic)
     return generic, per_gpu
@@ -275,11 +277,12 @@ def predict_frame(frame: pd.DataFrame, traces: list[RowTrace], generic: Efficien
     open-loop rows simulated again from scratch."""
     rows = []
     for row, trace in zip(frame.to_dict("records"), traces, strict=True):
-        e = parameters_for(row["gpu"], generic, per_gpu)
+        e = parameters_for_gpu(row["gpu"], generic, per_gpu)
         if _open_loop(trace):
             s = trace.setting
             _, result = simulate_setting(s, as_served(e, s.through_http))
-            rows.append(predicted_metrics(result.records, e.client_s if s.through_http else 0))
+            rows.append(predicted_metrics(result.records, e.client_s if s.through_http else 0,
+                                          empty_answers(s)))
         else:
             rows.append(trace.metrics(e))
     return pd.DataFrame(rows, index=frame.index)
@@ -288,8 +291,9 @@ def predict_frame(frame: pd.DataFrame, traces: list[RowTrace], generic: Efficien
 def held_out_predictions(frame: pd.DataFrame, traces: list[RowTrace], by: str,
                          log=None) -> tuple[pd.DataFrame, dict]:
     """Predictions for every row, by the simulator, from parameters fitted without the rows
-    sharing its `by` (source or gpu); held-out GPUs get the generic set (their class was not
-    seen). Also returns the parameters of each fold."""
+    sharing its `by` (source or gpu); a held-out GPU gets what a GPU never measured gets (the
+    sets of its architecture, else the generic one). Also returns the parameters of each
+    fold."""
     parts, folds = [], {}
     position = {ix: i for i, ix in enumerate(frame.index)}
     for value in sorted(frame[by].unique()):

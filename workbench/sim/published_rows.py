@@ -54,6 +54,9 @@ class RowSetting:
     workload: str
     through_http: bool       # online rows pay the client's HTTP + tokenization latency
     rate: float = math.inf   # open loop: Poisson arrivals at this rate (seeded)
+    # ShareGPT served without ignore_eos: some answers are empty (the model stops at once),
+    # and vLLM's benchmark_serving counts those with TTFT 0 and no output tokens.
+    empty_answers: bool = False
 
 
 def _v1(row) -> bool:
@@ -116,7 +119,7 @@ def row_setting(row) -> RowSetting:
     return RowSetting(arch, hw, precision, kv, tp, int(row["gpu_count"]) // tp,
                       vllm_engine_config(row, hw, max_len), conc, inp, out, n,
                       str(row.get("workload", "random")), through_http=not offline,
-                      rate=rate)
+                      rate=rate, empty_answers=row.get("workload") == "sharegpt" and not offline)
 
 
 def _has(row, key) -> bool:
@@ -143,17 +146,28 @@ def requests_for(s: RowSetting, seed: int = 0) -> list[RequestSpec]:
     else:
         gaps = np.random.default_rng(seed).exponential(1 / s.rate, s.num_requests)
         arrivals = list(np.cumsum(gaps) - gaps[0])
-    inputs = lengths(s.input_tokens, s.num_requests, s.workload, "input", seed)
+    inputs = [max(1, x) for x in lengths(s.input_tokens, s.num_requests, s.workload, "input",
+                                         seed)]
     outputs = lengths(s.output_tokens, s.num_requests, s.workload, "output", seed)
     room = s.engine["max_model_len"]
     return [RequestSpec(i, a, [token] * min(p, room - 1), max(1, min(o, room - min(p, room - 1))))
             for i, (a, p, o) in enumerate(zip(arrivals, inputs, outputs, strict=True))]
 
 
+def empty_answers(s: RowSetting, seed: int = 0) -> np.ndarray:
+    """Per request (by index): whether its answer is empty, as `requests_for` drew it. Such a
+    request still runs (one token: the end of sequence) but is counted as the source's
+    benchmark counts it: TTFT 0, no output, no TPOT."""
+    if not s.empty_answers:
+        return np.zeros(s.num_requests, bool)
+    return np.array(lengths(s.output_tokens, s.num_requests, s.workload, "output", seed)) == 0
+
+
 def lengths(mean: int, n: int, workload: str, kind: str, seed: int = 0) -> list[int]:
     """n lengths with this mean: all equal for random / fixed prompts; for ShareGPT, spread
     as ShareGPT's are (the quantiles of length / mean in SHAREGPT_SHAPE, drawn by
-    stratified sampling so small bursts get a fair share of the tail), rescaled to the mean."""
+    stratified sampling so small bursts get a fair share of the tail), rescaled to the mean.
+    ShareGPT outputs may be 0: an empty answer (see `empty_answers`)."""
     if workload != "sharegpt" or n == 1:
         return [mean] * n
     q, ratio = SHAREGPT_SHAPE[kind]
@@ -162,7 +176,7 @@ def lengths(mean: int, n: int, workload: str, kind: str, seed: int = 0) -> list[
     rng.shuffle(u)
     draw = np.interp(u, q, ratio)
     draw *= mean / draw.mean()
-    return [max(1, round(x)) for x in draw]
+    return [max(0, round(x)) for x in draw]
 
 
 # Quantiles of (length / mean length) of ShareGPT requests as vLLM's benchmark_serving samples
@@ -195,12 +209,16 @@ def simulate_setting(s: RowSetting, efficiency: Efficiency):
     return sim, result
 
 
-def predicted_metrics(records: list[dict], client_s: float) -> dict:
+def predicted_metrics(records: list[dict], client_s: float, empty=None) -> dict:
     """A run's metrics as vLLM's benchmark computes them (means over requests; TPOT over
-    requests with more than one output token; throughput over the whole run)."""
+    requests with more than one output token; throughput over the whole run). `empty`: per
+    request index, an empty answer (TTFT 0, no output: see `empty_answers`)."""
     ttft = np.array([r["ttft"] for r in records]) + client_s
     e2e = np.array([r["e2e"] for r in records]) + client_s
     out = np.array([r["output_tokens"] for r in records], float)
+    if empty is not None:
+        gone = np.asarray(empty)[[int(r["request_id"]) for r in records]]
+        ttft, out = np.where(gone, 0.0, ttft), np.where(gone, 0.0, out)
     many = out > 1
     tpot = (e2e[many] - ttft[many]) / (out[many] - 1)
     start = min(r["arrival"] for r in records)
@@ -219,4 +237,5 @@ def simulate_row(row, efficiency: Efficiency) -> dict:
 
     s = row_setting(row)
     _, result = simulate_setting(s, as_served(efficiency, s.through_http))
-    return predicted_metrics(result.records, efficiency.client_s if s.through_http else 0.0)
+    return predicted_metrics(result.records, efficiency.client_s if s.through_http else 0.0,
+                             empty_answers(s))

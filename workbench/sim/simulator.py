@@ -115,7 +115,11 @@ class Simulator:
             nxt = min(busy, key=lambda r: r.now) if busy else None
             if nxt is None and t_arrive == inf:
                 break
-            if nxt is None or t_arrive <= nxt.now:  # arrivals first, as the engine driver does
+            # Arrivals first, as the engine driver does: it admits what has arrived only between
+            # steps, so one that lands during a step joins the next, at its end plus the
+            # driver's gap (`now`); an idle engine wakes at the arrival itself.
+            # tests/test_sim_driver_agreement.py runs the real driver loop beside this one.
+            if nxt is None or t_arrive <= nxt.now:
                 spec = queue.popleft()
                 at = heapq.heappop(ready) if closed else spec.arrival_s
                 seq = Sequence(str(spec.index), list(spec.prompt_token_ids),
