@@ -73,3 +73,44 @@ def test_chunked_prefill_without_chunking_matches(family, prefill_first):
     if prefill_first:
         steps = telemetry_frame(eng)
         assert not ((steps.num_prefill_tokens > 0) & (steps.num_decode_seqs > 0)).any()
+
+
+def shared_prefix_workload(vocab: int, seed: int = 7):
+    """Requests whose prompts share a 40-token prefix (block 16: it ends mid-block 3), then
+    diverge into suffixes of 1-30 tokens; two are an exact repeat and a prefix of another."""
+    import random
+
+    rng = random.Random(seed)
+    prefix = [rng.randrange(4, vocab) for _ in range(40)]
+    prompts = [prefix + [rng.randrange(4, vocab) for _ in range(rng.randint(1, 30))]
+               for _ in range(10)]
+    prompts += [list(prompts[0]), prompts[1][:44]]
+    return prompts, [rng.randint(4, 20) for _ in prompts]
+
+
+@pytest.mark.parametrize("config_name", ["block16", "chunked", "preempt"])
+def test_prefix_caching_matches_hf_and_no_caching(family, config_name):
+    from workbench.models.config import ModelConfig
+
+    path = family[0]
+    prompts, outputs = shared_prefix_workload(ModelConfig.from_dir(path).vocab_size)
+    refs = hf_greedy(path, prompts, outputs)
+    params = [SamplingParams(max_tokens=n, temperature=0.0) for n in outputs]
+    results = {}
+    for caching in (True, False):
+        # Four at a time, so later requests find the blocks earlier ones computed.
+        eng = LLMEngine.from_pretrained(path, EngineConfig(
+            dtype="float32", device="cpu", max_num_seqs=4, enable_prefix_caching=caching,
+            **CONFIGS[config_name]))
+        got = eng.generate(prompts, params)
+        assert [o.token_ids for o in got] == refs, f"caching={caching} diverged from HF"
+        steps = telemetry_frame(eng)
+        results[caching] = (steps, got, eng.block_manager)
+    (on, got_on, bm), (off, _, _) = results[True], results[False]
+    cached = [o.metrics.cached_prompt_tokens for o in got_on]
+    assert on.num_cached_tokens.sum() > 0 and off.num_cached_tokens.sum() == 0
+    assert all(c % CONFIGS[config_name]["block_size"] == 0 for c in cached)
+    assert all(c < len(p) for c, p in zip(cached, prompts, strict=True))  # >= 1 computed
+    assert on.num_prefill_tokens.sum() < off.num_prefill_tokens.sum()
+    assert 0 < bm.hit_rate < 1
+    assert bm.num_free_blocks == bm.num_blocks  # nothing leaked; cached blocks are free

@@ -194,3 +194,72 @@ def test_prefill_first_runs_new_prompts_in_a_step_of_their_own_as_vllm_v0_does()
     out, _ = run_step(mixed)
     assert sorted((s.seq.request_id, s.is_decode) for s in out.scheduled) == [
         ("0", True), ("1", False)]
+
+
+def test_prefix_cache_shares_whole_blocks_and_evicts_least_recently_freed():
+    bm = BlockManager(8, 4)
+    sched = Scheduler(SchedulerConfig(4, 64, 64, True, (2,), enable_prefix_caching=True), bm)
+    a = seq("a", 10)                 # blocks: [0-3] [4-7] [8-9 + output]
+    sched.add(a)
+    run_step(sched)
+    assert bm.num_cached_blocks == 2 and a.block_keys
+    b = seq("b", 9)                  # same 9 first tokens: 2 full blocks cached, 1 to compute
+    sched.add(b)
+    out, _ = run_step(sched)
+    assert b.cached_prompt_tokens == 8 and out.cached_tokens == 8
+    assert b.block_table[:2] == a.block_table[:2]
+    assert all(bm.ref_counts[x] == 2 for x in a.block_table[:2])
+    c = seq("c", 8)                  # all 8 tokens cached: the last block is computed again
+    sched.add(c)
+    run_step(sched)
+    assert c.cached_prompt_tokens == 4 and c.block_table[0] == a.block_table[0]
+    a_blocks = list(a.block_table)
+    for s in (a, b, c):
+        sched.finish(s, "abort", 2.0)
+    assert bm.num_free_blocks == 8 and set(bm.ref_counts) == {0}
+    # a's three full blocks (its prompt's two and [8, 9, out, out]) stay reusable while free.
+    assert bm.num_cached_blocks == 3 and bm.evictions == 0
+    hits = bm.hit_tokens
+    d = seq("d", 30, max_tokens=2)  # a's first two blocks, then every other block of the pool
+    sched.add(d)
+    run_step(sched)
+    assert bm.hit_tokens == hits + 8 and d.block_table[:2] == a_blocks[:2]
+    assert bm.evictions == 1 and bm.num_free_blocks == 0  # a's third block was taken
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_randomized_block_accounting_never_leaks(seed):
+    """Mixed lengths, shared prefixes, aborts mid-stream and recompute preemption: after every
+    request has finished or been aborted, every block is free (cached ones included), no
+    reference is left and the cache's two maps agree."""
+    import random
+
+    rng = random.Random(seed)
+    bm = BlockManager(16, 4)
+    sched = Scheduler(SchedulerConfig(6, 24, 64, True, (2,), enable_prefix_caching=True), bm)
+    prefixes = [[FIRST_ORDINARY_TOKEN_ID + rng.randrange(50) for _ in range(rng.randint(3, 13))]
+                for _ in range(3)]
+    live, preempted, t = [], 0, 0.0
+    for i in range(80):
+        if rng.random() < 0.5:
+            p = rng.choice(prefixes) + [FIRST_ORDINARY_TOKEN_ID + rng.randrange(50)
+                                        for _ in range(rng.randint(1, 20))]
+            s = Sequence(str(i), p, len(p), SamplingParams(max_tokens=rng.randint(1, 20),
+                                                          ignore_eos=True), t)
+            sched.add(s)
+            live.append(s)
+        if live and rng.random() < 0.1:  # abort one mid-stream (waiting or running)
+            victim = rng.choice([s for s in live if not s.is_finished] or live)
+            sched.finish(victim, "abort", t)
+        t += 1.0
+        out, _ = run_step(sched, token=FIRST_ORDINARY_TOKEN_ID + rng.randrange(50), now=t)
+        preempted += len(out.preempted)
+        in_use = sum(len(s.block_table) for s in (*sched.running, *sched.waiting))
+        assert sum(bm.ref_counts) == in_use
+    while sched.has_unfinished():
+        t += 1.0
+        run_step(sched, now=t)
+    assert preempted > 0 and bm.hit_tokens > 0, "the workload should preempt and hit"
+    assert bm.num_free_blocks == bm.num_blocks and set(bm.ref_counts) == {0}
+    assert all(bm._key_of[b] == k for k, b in bm._block_of.items())
+    assert sum(k is not None for k in bm._key_of) == len(bm._block_of)

@@ -1,12 +1,19 @@
 """Paged KV-cache block accounting (pure Python: the simulator drives the same class).
 
 A sequence owns a block table: the ids of fixed-size blocks that hold its K/V, in order. Blocks
-carry reference counts so that later prefix sharing can point several tables at one block.
+carry reference counts, so several tables can point at one block: prefix caching.
+
+Prefix caching (vLLM's automatic prefix caching, v1 shape): a block full of computed tokens is
+registered under a key chained over (its parent block's key, its token ids), so a key names the
+whole prefix up to the end of its block, never just one block's tokens. A new sequence reuses
+every registered block its prompt starts with, by reference count, instead of computing it
+again. Freed blocks go to the tail of one free queue and new blocks come from its head, so a
+free block that still holds a registered prefix stays reusable until it is the least recently
+freed one and is taken for new tokens (evicted). Keys hold the token ids themselves (a dict
+compares them exactly), so two prefixes never share a block by a hash collision.
 """
 
 from __future__ import annotations
-
-from collections import deque
 
 from workbench.engine.sequence import Sequence
 
@@ -20,7 +27,13 @@ class BlockManager:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.ref_counts = [0] * num_blocks
-        self._free: deque[int] = deque(range(num_blocks))
+        # Free blocks in eviction order (a dict: ordered, and O(1) removal on a cache hit).
+        self._free: dict[int, None] = dict.fromkeys(range(num_blocks))
+        self._key_of: list[tuple | None] = [None] * num_blocks  # registered prefix key
+        self._block_of: dict[tuple, int] = {}                   # prefix key -> block
+        self.evictions = 0
+        self.queried_tokens = 0  # prompt tokens looked up in the cache
+        self.hit_tokens = 0      # of those, found
 
     @property
     def num_free_blocks(self) -> int:
@@ -29,6 +42,15 @@ class BlockManager:
     @property
     def num_used_blocks(self) -> int:
         return self.num_blocks - len(self._free)
+
+    @property
+    def num_cached_blocks(self) -> int:
+        """Blocks holding a registered prefix, in use or free (evictable)."""
+        return len(self._block_of)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hit_tokens / self.queried_tokens if self.queried_tokens else 0.0
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -47,14 +69,82 @@ class BlockManager:
         if need > len(self._free):
             raise RuntimeError(f"out of KV blocks: need {need}, {len(self._free)} free")
         for _ in range(need):
-            block = self._free.popleft()
+            block = next(iter(self._free))
+            del self._free[block]
+            self._evict(block)
             self.ref_counts[block] = 1
             seq.block_table.append(block)
 
     def free(self, seq: Sequence) -> None:
-        # Release in reverse so the tail blocks (least likely to be shared) come back first.
+        # Release in reverse so a prompt's tail blocks (the least likely to be shared) are
+        # evicted before its head.
         for block in reversed(seq.block_table):
             self.ref_counts[block] -= 1
             if self.ref_counts[block] == 0:
-                self._free.append(block)
+                self._free[block] = None
         seq.block_table = []
+        seq.block_keys = []
+
+    # -- prefix caching ------------------------------------------------------------------------
+    def cached_prefix(self, seq: Sequence) -> list[int]:
+        """The registered blocks `seq`'s tokens start with, at most all but its last token's
+        block: a prefill must compute at least one token to sample from, and a block-aligned
+        prefix keeps every block either shared whole or owned."""
+        keys = self._keys(seq.token_ids, (seq.num_tokens - 1) // self.block_size)
+        blocks = []
+        for key in keys:
+            block = self._block_of.get(key)
+            if block is None:
+                break
+            blocks.append(block)
+        return blocks
+
+    def reusable_free(self, blocks: list[int]) -> int:
+        """How many of `blocks` sit in the free queue: reusing them takes them out of it."""
+        return sum(1 for b in blocks if self.ref_counts[b] == 0)
+
+    def share(self, seq: Sequence, blocks: list[int]) -> None:
+        """Start `seq` (no blocks yet) on cached `blocks`: their tokens count as computed."""
+        for block in blocks:
+            if self.ref_counts[block] == 0:
+                del self._free[block]
+            self.ref_counts[block] += 1
+        seq.block_table = list(blocks)
+        seq.block_keys = [self._key_of[b] for b in blocks]
+        seq.num_computed_tokens = len(blocks) * self.block_size
+
+    def register_full_blocks(self, seq: Sequence) -> None:
+        """Register every block of `seq` that is full of computed tokens and not yet keyed, so
+        later sequences can reuse it. A prefix already registered by another block (computed
+        twice at once) keeps that block; this one stays private."""
+        full = seq.num_computed_tokens // self.block_size
+        if len(seq.block_keys) >= full:
+            return
+        parent = seq.block_keys[-1] if seq.block_keys else None
+        bs = self.block_size
+        for i in range(len(seq.block_keys), full):
+            key = (parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))
+            block = seq.block_table[i]
+            if key not in self._block_of and self._key_of[block] is None:
+                self._block_of[key] = block
+                self._key_of[block] = key
+            seq.block_keys.append(key)
+            parent = key
+
+    def count_lookup(self, seq: Sequence, hit_tokens: int) -> None:
+        self.queried_tokens += seq.num_prompt_tokens
+        self.hit_tokens += hit_tokens
+
+    def _keys(self, token_ids: list[int], num_blocks: int) -> list[tuple]:
+        keys, parent, bs = [], None, self.block_size
+        for i in range(num_blocks):
+            parent = (parent, tuple(token_ids[i * bs:(i + 1) * bs]))
+            keys.append(parent)
+        return keys
+
+    def _evict(self, block: int) -> None:
+        key = self._key_of[block]
+        if key is not None:
+            del self._block_of[key]
+            self._key_of[block] = None
+            self.evictions += 1

@@ -18,6 +18,8 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     # vLLM V0 without chunked prefill: steps of new prompts only, before decodes resume.
     prefill_first: bool = False
+    # Reuse the K/V of prompt prefixes computed before (vLLM's default since V1).
+    enable_prefix_caching: bool = True
     seed: int = 0  # for requests that sample without a seed of their own
 
     def __post_init__(self) -> None:

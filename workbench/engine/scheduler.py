@@ -7,6 +7,11 @@ budget, `max_num_seqs` and free KV blocks allow (keeping a small watermark of bl
 the running sequences to grow into). When blocks run out, the most recently
 admitted running sequence is preempted: its blocks are freed and it goes back to the front of
 the queue to be recomputed later (prompt + the tokens it had produced), so it resumes exactly.
+
+With prefix caching on, a sequence admitted with nothing computed first takes every cached
+block its tokens start with (workbench.engine.block_manager) and computes only the rest; blocks
+filled by a step are registered for later sequences. A preempted sequence finds its own blocks
+again if they have not been evicted meanwhile.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class SchedulerConfig:
     # a prompt admitted into the very last blocks is preempted by the next decode that needs a
     # block, its prefill wasted.
     kv_watermark: float = 0.01
+    enable_prefix_caching: bool = False
 
 
 @dataclass(slots=True)
@@ -52,6 +58,7 @@ class ScheduledSeq:
 class SchedulerOutput:
     scheduled: list[ScheduledSeq] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    cached_tokens: int = 0  # tokens admissions in this step took from the prefix cache
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -148,24 +155,46 @@ class Scheduler:
         while (self.waiting and budget > 0
                and len(self.running) < self.config.max_num_seqs):
             seq = self.waiting[0]
+            cached = self._take_cached_prefix(seq)
             n = seq.num_uncomputed_tokens
             if n > budget:
                 if not self.config.enable_chunked_prefill:
+                    self._give_back(seq, cached)
                     break
                 n = budget
             # Alone in the pool a sequence can take every block: check_request made sure it
             # fits whole, so there is nobody to preempt and nothing to keep free for.
             if not bm.can_allocate(seq, n, self.watermark_blocks if self.running else 0):
+                self._give_back(seq, cached)
                 break  # FCFS: nobody overtakes the head of the queue
             self.waiting.popleft()
             bm.allocate(seq, n)
             seq.status = SequenceStatus.RUNNING
+            if cached is not None:
+                bm.count_lookup(seq, cached)
+                out.cached_tokens += cached
             if seq.first_scheduled is None:
                 seq.first_scheduled = now
+                seq.cached_prompt_tokens = min(cached or 0, seq.num_prompt_tokens)
             self.running.append(seq)
             out.scheduled.append(self._scheduled(seq, n))
             budget -= n
         return budget
+
+    def _take_cached_prefix(self, seq: Sequence) -> int | None:
+        """With prefix caching, start a sequence that has nothing computed on the cached blocks
+        its tokens begin with; the tokens they hold (None: no lookup was made)."""
+        if not self.config.enable_prefix_caching or seq.num_computed_tokens:
+            return None
+        blocks = self.block_manager.cached_prefix(seq)
+        self.block_manager.share(seq, blocks)
+        return seq.num_computed_tokens
+
+    def _give_back(self, seq: Sequence, cached: int | None) -> None:
+        """Undo `_take_cached_prefix` for a sequence that stays waiting."""
+        if cached is not None:
+            self.block_manager.free(seq)
+            seq.num_computed_tokens = 0
 
     @staticmethod
     def _scheduled(seq: Sequence, n: int) -> ScheduledSeq:
@@ -187,6 +216,8 @@ class Scheduler:
         for sch, token in zip(out.scheduled, sampled, strict=True):
             seq = sch.seq
             seq.num_computed_tokens += sch.num_tokens
+            if self.config.enable_prefix_caching:
+                self.block_manager.register_full_blocks(seq)
             if token is None:
                 continue
             seq.token_ids.append(token)

@@ -30,7 +30,8 @@ class Sequence:
     token_times: list[float] = field(default_factory=list)  # when each output token appeared
     finish: float | None = None
     preemptions: int = 0
-    cached_prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens found in the prefix cache when admitted
+    block_keys: list = field(default_factory=list)  # prefix-cache keys of its full blocks
 
     @property
     def num_tokens(self) -> int:

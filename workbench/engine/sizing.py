@@ -72,7 +72,8 @@ def size_engine(config: EngineConfig, facts: ModelFacts) -> EngineSizing:
             f"enable_chunked_prefill is False, got {config.max_num_batched_tokens}")
     sched = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, max_len,
                             config.enable_chunked_prefill, tuple(facts.eos_token_ids),
-                            prefill_first=config.prefill_first)
+                            prefill_first=config.prefill_first,
+                            enable_prefix_caching=config.enable_prefix_caching)
     return EngineSizing(sched, _pool_blocks(config, facts, max_len))
 
 

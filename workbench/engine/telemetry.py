@@ -23,6 +23,7 @@ class StepRecord:
     prefill_attention: int = 0  # query-key pairs of prefill chunks (causal): sum n*start + n(n+1)/2
     decode_context: int = 0  # K/V tokens read by decodes
     decode_max_context: int = 0  # decode attention is padded to the longest context
+    num_cached_tokens: int = 0  # prompt tokens taken from the prefix cache by admissions
 
 
 def step_record(step: int, t_start: float, t_end: float, sched, scheduler,
@@ -49,7 +50,8 @@ def step_record(step: int, t_start: float, t_end: float, sched, scheduler,
     bm = scheduler.block_manager
     return StepRecord(step, t_start, t_end, prefill_tokens, decodes, len(sched.scheduled), context,
                       bm.num_used_blocks, bm.num_blocks, len(sched.preempted),
-                      scheduler.num_waiting, prefill_seqs, prefill_attn, dec_ctx, dec_max)
+                      scheduler.num_waiting, prefill_seqs, prefill_attn, dec_ctx, dec_max,
+                      sched.cached_tokens)
 
 
 STEP_COLUMNS = [f.name for f in fields(StepRecord)]

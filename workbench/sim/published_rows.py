@@ -87,9 +87,11 @@ def vllm_engine_config(row, hw: Hardware, max_model_len: int) -> dict:
     if not chunked:
         tokens = max(tokens, max_model_len)
     # V0 without chunked prefill runs prompts in steps of their own, before the decodes.
+    # Prefix caching off: vLLM's default before V1, and the benchmarks' prompts share no
+    # prefixes (the simulated prompts repeat one token id, which a cache would match).
     return {"max_num_seqs": seqs, "max_num_batched_tokens": tokens,
             "enable_chunked_prefill": chunked, "prefill_first": not chunked,
-            "max_model_len": max_model_len, "block_size": 16}
+            "max_model_len": max_model_len, "block_size": 16, "enable_prefix_caching": False}
 
 
 def row_setting(row) -> RowSetting:
