@@ -1,6 +1,7 @@
 """Simulator fidelity: real engine vs simulator on scenarios NOT used for fitting.
 
     python benchmarks/bench_sim_fidelity.py [--model tiny] [--repeats 1] [--profile-each]
+                                            [--cases "shared system prompt" ...]
 
 1. Profile the model with the designed sweep and fit the step model (the only fitting data).
 2. For each scenario below, run the real engine and the simulator with the same seed.
@@ -154,6 +155,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--repeats", type=int, default=1,
                     help="profile+fit+run everything this many times; print medians")
+    ap.add_argument("--cases", nargs="+", metavar="TEXT",
+                    help="run only the scenarios whose label contains one of these")
     ap.add_argument("--profile-each", action="store_true",
                     help="profile and fit again before every scenario: the shared machine's "
                          "speed drifts by up to ~20%% over minutes, and a fit taken minutes "
@@ -163,6 +166,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error("--repeats: must be >= 1")
+    if args.cases:
+        CASES[:] = [c for c in CASES if any(t in c[0] for t in args.cases)]
+        if not CASES:
+            ap.error("--cases: no scenario label contains " + ", ".join(args.cases))
     out = Path(args.out or tempfile.mkdtemp(prefix="fidelity-"))
 
     repeats = []

@@ -263,3 +263,28 @@ def test_randomized_block_accounting_never_leaks(seed):
     assert bm.num_free_blocks == bm.num_blocks and set(bm.ref_counts) == {0}
     assert all(bm._key_of[b] == k for k, b in bm._block_of.items())
     assert sum(k is not None for k in bm._key_of) == len(bm._block_of)
+
+
+def test_priority_orders_admission_and_chooses_the_preemption_victim():
+    sched, bm = make(num_blocks=10, block_size=4, max_num_seqs=2, budget=64)
+    low, high, mid = seq("low", 8, 16), seq("high", 8, 16), seq("mid", 8, 16)
+    low.priority, high.priority, mid.priority = 5, -1, 0
+    for s in (low, high, mid):
+        sched.add(s)
+    assert [s.request_id for s in sched.waiting] == ["high", "mid", "low"]
+    out, _ = run_step(sched)
+    assert [x.seq.request_id for x in out.scheduled] == ["high", "mid"]
+    late = seq("late", 8, 16)  # same level as mid, later: FCFS within a level
+    sched.add(late)
+    assert [s.request_id for s in sched.waiting] == ["late", "low"]
+    for _ in range(40):  # decodes grow until the pool runs out: mid (lowest running) goes
+        out, _ = run_step(sched)
+        if out.preempted:
+            break
+    assert [s.request_id for s in out.preempted] == ["mid"]
+    assert [s.request_id for s in sched.waiting][:2] == ["mid", "late"]  # first in its level
+    for bad in (1.5, "1", True):
+        s = seq("bad", 4)
+        s.priority = bad
+        with pytest.raises(RequestRejected, match="priority: must be an integer"):
+            sched.add(s)

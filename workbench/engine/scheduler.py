@@ -1,12 +1,14 @@
 """Continuous-batching scheduler (pure Python: the simulator runs this class on a virtual clock).
 
 Every step has a token budget (`max_num_batched_tokens`). Running sequences are served first,
-in admission order: a decode needs one token, a sequence still prefilling takes a chunk of what
-is left of the budget. Waiting sequences are then admitted first-come first-served while the
-budget, `max_num_seqs` and free KV blocks allow (keeping a small watermark of blocks free for
-the running sequences to grow into). When blocks run out, the most recently
-admitted running sequence is preempted: its blocks are freed and it goes back to the front of
-the queue to be recomputed later (prompt + the tokens it had produced), so it resumes exactly.
+in priority order (lower first; 0 unless a request says otherwise), then admission order: a
+decode needs one token, a sequence still prefilling takes a chunk of what is left of the
+budget. Waiting sequences are then admitted by priority, first-come first-served within a
+level, while the budget, `max_num_seqs` and free KV blocks allow (keeping a small watermark of
+blocks free for the running sequences to grow into). When blocks run out, the running
+sequence of the lowest priority admitted last is preempted: its blocks are freed and it goes
+back to the front of its level of the queue to be recomputed later (prompt + the tokens it had
+produced), so it resumes exactly.
 
 With prefix caching on, a sequence admitted with nothing computed first takes every cached
 block its tokens start with (workbench.engine.block_manager) and computes only the rest; blocks
@@ -102,9 +104,23 @@ class Scheduler:
                 f"({bm.num_blocks * bm.block_size} tokens)")
 
     def add(self, seq: Sequence) -> None:
+        if isinstance(seq.priority, bool) or not isinstance(seq.priority, int):
+            raise RequestRejected(f"priority: must be an integer (lower runs first, 0 by "
+                                  f"default), got {seq.priority!r}")
         self.check_request(seq.num_prompt_tokens, seq.params.max_tokens)
         seq.status = SequenceStatus.WAITING
-        self.waiting.append(seq)
+        self._insert(self.waiting, seq, before_equals=False)
+
+    @staticmethod
+    def _insert(queue, seq: Sequence, before_equals: bool) -> None:
+        """Put `seq` in a queue kept in priority order (lower first): after the sequences of
+        its level (FCFS), or before them (a preempted sequence resumes first)."""
+        for i, other in enumerate(queue):
+            if other.priority > seq.priority or (before_equals and
+                                                 other.priority == seq.priority):
+                queue.insert(i, seq)
+                return
+        queue.append(seq)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -131,7 +147,7 @@ class Scheduler:
                 i += 1
                 continue
             while not bm.can_allocate(seq, n):
-                victim = self.running.pop()  # most recently admitted goes first
+                victim = self.running.pop()  # lowest priority, then latest admitted
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:
@@ -176,7 +192,7 @@ class Scheduler:
             if seq.first_scheduled is None:
                 seq.first_scheduled = now
                 seq.cached_prompt_tokens = min(cached or 0, seq.num_prompt_tokens)
-            self.running.append(seq)
+            self._insert(self.running, seq, before_equals=False)
             out.scheduled.append(self._scheduled(seq, n))
             budget -= n
         return budget
@@ -207,7 +223,7 @@ class Scheduler:
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
         seq.preemptions += 1
-        self.waiting.appendleft(seq)
+        self._insert(self.waiting, seq, before_equals=True)
 
     # -- after the model ran -----------------------------------------------------------------
     def update(self, out: SchedulerOutput, sampled: list[int | None], now: float) -> list[Sequence]:
