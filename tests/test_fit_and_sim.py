@@ -359,3 +359,30 @@ def test_prefix_affinity_beats_round_robin_with_a_real_prefix_cache():
         result["round-robin"], result["prefix-affinity"])
     assert pa_hits > rr_hits and pa_cached > rr_cached
     assert pa_ttft < 0.9 * rr_ttft, result
+
+
+def test_a_scenarios_priority_class_is_served_first_under_load():
+    from workbench.sim.simulator import simulate_requests
+    from workbench.traffic.scenario import ScenarioError
+
+    doc = {"name": "classes", "seed": 2,
+           "target": {"kind": "engine", "model": "tiny", "engine": {"max_num_seqs": 4}},
+           "arrival": {"kind": "poisson", "rate": 60.0},
+           "prompt_tokens": {"dist": "uniform", "low": 100, "high": 200},
+           "output_tokens": {"dist": "uniform", "low": 20, "high": 40},
+           "num_requests": 150, "priorities": [{"share": 0.25, "priority": -1}]}
+    sc = parse_scenario(doc)
+    specs = build_requests(sc, 4096)
+    urgent = [s.index for s in specs if s.priority == -1]
+    assert 0.15 < len(urgent) / len(specs) < 0.35
+    plain = build_requests(parse_scenario({**doc, "priorities": []}), 4096)
+    assert [s.prompt_token_ids for s in plain] == [s.prompt_token_ids for s in specs]
+    requests, _, _, _ = simulate_requests(sc, const_model(0.01))  # overloaded: a queue forms
+    ttft = requests.set_index(requests.request_id.astype(int)).ttft
+    others = ttft.drop(urgent)
+    assert ttft[urgent].mean() < 0.5 * others.mean()
+    for bad, field in (([{"share": 0.5, "priority": 1.5}], "priorities.0.priority"),
+                       ([{"share": 0.7, "priority": 0}, {"share": 0.6, "priority": 1}],
+                        "priorities")):
+        with pytest.raises(ScenarioError, match=field):
+            parse_scenario({**doc, "priorities": bad})

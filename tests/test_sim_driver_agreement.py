@@ -65,8 +65,9 @@ class VirtualEngine:
     def sleep(self, seconds: float) -> None:
         self.t += seconds
 
-    def add_request(self, request_id, prompt, params, arrival_time):
-        seq = Sequence(str(request_id), list(prompt), len(prompt), params, arrival_time)
+    def add_request(self, request_id, prompt, params, priority=0, arrival_time=0.0):
+        seq = Sequence(str(request_id), list(prompt), len(prompt), params, arrival_time,
+                       priority)
         self.scheduler.add(seq)
         self._live[seq.request_id] = seq
 

@@ -126,7 +126,7 @@ class Simulator:
                                len(spec.prompt_token_ids),
                                SamplingParams(max_tokens=spec.max_tokens,
                                               temperature=temperature, ignore_eos=ignore_eos),
-                               at)
+                               at, spec.priority)
                 target = replicas[balancer.choose(replicas, spec)] if len(replicas) > 1 \
                     else replicas[0]
                 target.admit(seq)

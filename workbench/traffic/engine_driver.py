@@ -36,7 +36,8 @@ def drive_engine(engine, specs: list[RequestSpec], temperature: float = 0.0,
         params = SamplingParams(max_tokens=spec.max_tokens, temperature=temperature,
                                 ignore_eos=ignore_eos, seed=spec.index)
         rid = str(spec.index)
-        engine.add_request(rid, spec.prompt_token_ids, params, arrival_time=t0 + at)
+        engine.add_request(rid, spec.prompt_token_ids, params, priority=spec.priority,
+                           arrival_time=t0 + at)
         by_id[rid] = spec
         in_flight += 1
         res.max_concurrency = max(res.max_concurrency, in_flight)

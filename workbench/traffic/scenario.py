@@ -65,6 +65,18 @@ class SharedPrefix(_Strict):
     tokens: int = Field(0, ge=0, description="length of each system prompt")
 
 
+class PriorityClass(_Strict):
+    share: float = Field(gt=0, le=1, description="share of requests in this class")
+    priority: int = Field(description="lower runs first; requests in no class get 0")
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _integer(cls, v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("must be an integer (lower runs first)")
+        return v
+
+
 class SLO(_Strict):
     ttft_s: float | None = Field(None, gt=0)
     tpot_s: float | None = Field(None, gt=0)
@@ -88,6 +100,8 @@ class Scenario(_Strict):
     hardware: str | None = None
     temperature: float = Field(0.0, ge=0)
     ignore_eos: bool = True
+    priorities: list[PriorityClass] = Field(
+        default_factory=list, description="classes of requests by share, each with a priority")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -100,6 +114,9 @@ class Scenario(_Strict):
                              "(only a trace arrival brings its own lengths)")
         if isinstance(self.arrival, ClosedLoop) and self.num_requests is None:
             raise ValueError("a closed_loop arrival needs num_requests")
+        if sum(c.share for c in self.priorities) > 1 + 1e-9:
+            raise ValueError("priorities: the classes' shares must add up to at most 1, got "
+                             f"{sum(c.share for c in self.priorities):g}")
         return self
 
     @property

@@ -19,6 +19,7 @@ class RequestSpec:
     prompt_token_ids: list[int]
     max_tokens: int
     prefix_group: int | None = None  # which shared system prompt, if any
+    priority: int = 0  # lower runs first (the scenario's `priorities` classes)
 
 
 def build_requests(scenario: Scenario, vocab_size: int) -> list[RequestSpec]:
@@ -56,7 +57,21 @@ def build_requests(scenario: Scenario, vocab_size: int) -> list[RequestSpec]:
         ids = prefix + rng.integers(FIRST_ORDINARY_TOKEN_ID, vocab_size, size=body).tolist()
         specs.append(RequestSpec(i, None if times is None else float(times[i]), ids, int(olen),
                                  group))
+    for spec, priority in zip(specs, _priorities(scenario, len(specs)), strict=True):
+        spec.priority = priority
     return specs
+
+
+def _priorities(scenario: Scenario, n: int) -> list[int]:
+    """Each request's priority, drawn by the classes' shares (0 outside every class) from a
+    stream of its own, so adding classes leaves every other draw of the scenario unchanged."""
+    classes = scenario.priorities
+    if not classes:
+        return [0] * n
+    edges = np.cumsum([c.share for c in classes])
+    u = np.random.default_rng([scenario.seed, 1]).random(n)
+    pick = np.searchsorted(edges, u, side="right")
+    return [classes[k].priority if k < len(classes) else 0 for k in pick]
 
 
 def check_inputs(scenario: Scenario) -> None:
