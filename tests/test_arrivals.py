@@ -114,3 +114,26 @@ def test_closed_loop_never_exceeds_concurrency(tiny_engine_factory):
                     key=lambda e: (e[0], e[1]))
     live = np.cumsum([e[1] for e in events])
     assert live.max() <= 3
+
+
+def test_the_engine_driver_runs_a_priority_class_first(tiny_engine_factory):
+    # A burst on a 2-sequence engine: the real engine admits the urgent class first, and the
+    # run records each request's priority.
+    from workbench.traffic.engine_driver import drive_engine
+    from workbench.traffic.workload import build_requests
+
+    sc = parse_scenario({"name": "pri", "seed": 1, "arrival": {"kind": "poisson", "rate": 1.0},
+                         "prompt_tokens": {"dist": "fixed", "value": 16},
+                         "output_tokens": {"dist": "fixed", "value": 8},
+                         "num_requests": 12, "priorities": [{"share": 0.3, "priority": -2}]})
+    specs = build_requests(sc, 4096)
+    for s in specs:  # one burst at t = 0: every request is queued before the first step
+        s.arrival_s = 0.0
+    eng = tiny_engine_factory(max_num_seqs=2)
+    res = drive_engine(eng, specs)
+    recs = {r["request_id"]: r for r in res.records}
+    urgent = [str(s.index) for s in specs if s.priority == -2]
+    rest = [str(s.index) for s in specs if s.priority == 0]
+    assert urgent and rest and all(recs[i]["priority"] == -2 for i in urgent)
+    assert max(recs[i]["first_token"] for i in urgent) < np.median(
+        [recs[i]["first_token"] for i in rest])

@@ -378,6 +378,7 @@ def test_a_scenarios_priority_class_is_served_first_under_load():
     plain = build_requests(parse_scenario({**doc, "priorities": []}), 4096)
     assert [s.prompt_token_ids for s in plain] == [s.prompt_token_ids for s in specs]
     requests, _, _, _ = simulate_requests(sc, const_model(0.01))  # overloaded: a queue forms
+    assert sorted(requests.request_id[requests.priority == -1].astype(int)) == urgent
     ttft = requests.set_index(requests.request_id.astype(int)).ttft
     others = ttft.drop(urgent)
     assert ttft[urgent].mean() < 0.5 * others.mean()

@@ -140,7 +140,8 @@ class Simulator:
                     seq.request_id, seq.arrival, seq.first_scheduled, seq.token_times,
                     seq.finish, seq.num_prompt_tokens, seq.finish_reason,
                     seq.cached_prompt_tokens, seq.preemptions)
-                    | {"token_times": seq.token_times, "replica": nxt.index})
+                    | {"token_times": seq.token_times, "replica": nxt.index,
+                       "priority": seq.priority})
                 if closed:
                     heapq.heappush(ready, seq.finish + think_time_s)
         return res

@@ -59,7 +59,8 @@ def drive_engine(engine, specs: list[RequestSpec], temperature: float = 0.0,
                 for out in engine.step():
                     if out.finished:
                         in_flight -= 1
-                        res.records.append(_record(out, t0))
+                        res.records.append(_record(out, t0)
+                                           | {"priority": by_id[out.request_id].priority})
                         if progress is not None:
                             progress.update(1)
                         if closed:

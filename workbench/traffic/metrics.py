@@ -42,7 +42,7 @@ REQUEST_COLUMNS = ["request_id", "arrival", "first_scheduled", "first_token", "f
 
 # Per-request columns beyond the contract's, written when a driver records them.
 EXTRA_REQUEST_COLUMNS = ("token_times", "send_lateness", "error", "output_tokens_source",
-                         "replica")
+                         "replica", "priority")
 
 COMPLETED = ("stop", "length")  # finish reasons of a request that delivered its output
 

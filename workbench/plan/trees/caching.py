@@ -17,6 +17,9 @@ TREE = Tree("caching", Question(
                     "KV blocks of a shared prefix are computed once and reused: less prefill "
                     "and lower TTFT",
                     "shared blocks are also stored once, leaving memory for more sequences",
+                    "measured here (benchmarks/bench_prefix_caching.py, the CPU engine, 64 "
+                    "requests sharing a 1,024-token prompt): 95% of prompt tokens from the "
+                    "cache, 19.8x less prefill, mean TTFT 4.0x lower",
                 ))),
                 "no": Answer("little prefill to share", Question(
                     "kv_memory_bound", "Does KV memory, not compute, cap the batch size?", {
@@ -43,4 +46,5 @@ TREE = Tree("caching", Question(
                             })),
                     })),
             })),
-    }), source="vLLM automatic prefix caching docs; Mistral 7B paper (Jiang et al. 2023)")
+    }), source="vLLM automatic prefix caching docs; Mistral 7B paper (Jiang et al. 2023); "
+                "the prefix-cache figures measured by benchmarks/bench_prefix_caching.py")
