@@ -9,8 +9,10 @@ whole prefix up to the end of its block, never just one block's tokens. A new se
 every registered block its prompt starts with, by reference count, instead of computing it
 again. Freed blocks go to the tail of one free queue and new blocks come from its head, so a
 free block that still holds a registered prefix stays reusable until it is the least recently
-freed one and is taken for new tokens (evicted). Keys hold the token ids themselves (a dict
-compares them exactly), so two prefixes never share a block by a hash collision.
+freed one and is taken for new tokens (evicted). A key is (its parent key's hash, the block's
+token ids): the dict compares a block's own tokens exactly and its parent by a 64-bit hash,
+so hashing a key costs one block's tokens however long the prefix, and two prefixes could
+share a block only if two parent hashes collided.
 """
 
 from __future__ import annotations
@@ -90,18 +92,13 @@ class BlockManager:
         """The registered blocks `seq`'s tokens start with, at most all but its last token's
         block: a prefill must compute at least one token to sample from, and a block-aligned
         prefix keeps every block either shared whole or owned."""
-        keys = self._keys(seq.token_ids, (seq.num_tokens - 1) // self.block_size)
-        blocks = []
-        for key in keys:
+        blocks: list[int] = []
+        for key in self._keys(seq.token_ids, (seq.num_tokens - 1) // self.block_size):
             block = self._block_of.get(key)
             if block is None:
                 break
             blocks.append(block)
         return blocks
-
-    def reusable_free(self, blocks: list[int]) -> int:
-        """How many of `blocks` sit in the free queue: reusing them takes them out of it."""
-        return sum(1 for b in blocks if self.ref_counts[b] == 0)
 
     def share(self, seq: Sequence, blocks: list[int]) -> None:
         """Start `seq` (no blocks yet) on cached `blocks`: their tokens count as computed."""
@@ -120,7 +117,7 @@ class BlockManager:
         full = seq.num_computed_tokens // self.block_size
         if len(seq.block_keys) >= full:
             return
-        parent = seq.block_keys[-1] if seq.block_keys else None
+        parent = hash(seq.block_keys[-1]) if seq.block_keys else None
         bs = self.block_size
         for i in range(len(seq.block_keys), full):
             key = (parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))
@@ -129,18 +126,20 @@ class BlockManager:
                 self._block_of[key] = block
                 self._key_of[block] = key
             seq.block_keys.append(key)
-            parent = key
+            parent = hash(key)
 
     def count_lookup(self, seq: Sequence, hit_tokens: int) -> None:
         self.queried_tokens += seq.num_prompt_tokens
         self.hit_tokens += hit_tokens
 
-    def _keys(self, token_ids: list[int], num_blocks: int) -> list[tuple]:
-        keys, parent, bs = [], None, self.block_size
+    def _keys(self, token_ids: list[int], num_blocks: int):
+        """The keys of the first `num_blocks` blocks of `token_ids`, one at a time (a lookup
+        stops at its first miss)."""
+        parent, bs = None, self.block_size
         for i in range(num_blocks):
-            parent = (parent, tuple(token_ids[i * bs:(i + 1) * bs]))
-            keys.append(parent)
-        return keys
+            key = (parent, tuple(token_ids[i * bs:(i + 1) * bs]))
+            yield key
+            parent = hash(key)
 
     def _evict(self, block: int) -> None:
         key = self._key_of[block]

@@ -115,6 +115,9 @@ class Scheduler:
     def _insert(queue, seq: Sequence, before_equals: bool) -> None:
         """Put `seq` in a queue kept in priority order (lower first): after the sequences of
         its level (FCFS), or before them (a preempted sequence resumes first)."""
+        if not before_equals and (not queue or queue[-1].priority <= seq.priority):
+            queue.append(seq)  # the usual case, O(1): a long overloaded queue stays cheap
+            return
         for i, other in enumerate(queue):
             if other.priority > seq.priority or (before_equals and
                                                  other.priority == seq.priority):
