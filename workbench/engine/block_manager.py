@@ -34,7 +34,7 @@ class BlockManager:
         self._key_of: list[tuple | None] = [None] * num_blocks  # registered prefix key
         self._block_of: dict[tuple, int] = {}                   # prefix key -> block
         self.evictions = 0
-        self.queried_tokens = 0  # prompt tokens looked up in the cache
+        self.queried_tokens = 0  # tokens of admitted sequences looked up in the cache
         self.hit_tokens = 0      # of those, found
 
     @property
@@ -129,7 +129,8 @@ class BlockManager:
             parent = hash(key)
 
     def count_lookup(self, seq: Sequence, hit_tokens: int) -> None:
-        self.queried_tokens += seq.num_prompt_tokens
+        # All its tokens were looked up: a preempted sequence's output too (vLLM counts so).
+        self.queried_tokens += seq.num_tokens
         self.hit_tokens += hit_tokens
 
     def _keys(self, token_ids: list[int], num_blocks: int):

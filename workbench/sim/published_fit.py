@@ -28,6 +28,7 @@ from workbench.plan.step_cost import Efficiency
 from workbench.plan.step_params import parameters_for_gpu
 from workbench.sim.published_rows import (
     RowSetting,
+    benchmark_metrics,
     empty_answers,
     predicted_metrics,
     row_setting,
@@ -97,15 +98,9 @@ class RowTrace:
                            self.req_arrival_s)
         first, finish = t[self.req_first], t[self.req_finish]
         c = e.client_s if self.setting.through_http else 0.0
-        ttft, e2e = first - arrival + c, finish - arrival + c
-        out = self.req_output
-        ttft = np.where(out == 0, 0.0, ttft)  # an empty answer: benchmark_serving's TTFT 0
-        many = out > 1
-        tpot = (e2e[many] - ttft[many]) / (out[many] - 1)
         duration = finish.max() + c - arrival.min()
-        return {"ttft_ms_mean": ttft.mean() * 1e3,
-                "tpot_ms_mean": tpot.mean() * 1e3 if many.any() else math.nan,
-                "output_throughput": out.sum() / duration}
+        return benchmark_metrics(first - arrival + c, finish - arrival + c, self.req_output,
+                                 duration, medians=False)
 
 
 def as_served(e: Efficiency, through_http: bool) -> Efficiency:

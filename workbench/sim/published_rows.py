@@ -212,25 +212,35 @@ def simulate_setting(s: RowSetting, efficiency: Efficiency):
 
 
 def predicted_metrics(records: list[dict], client_s: float, empty=None) -> dict:
-    """A run's metrics as vLLM's benchmark computes them (means over requests; TPOT over
-    requests with more than one output token; throughput over the whole run). `empty`: per
-    request index, an empty answer (TTFT 0, no output: see `empty_answers`)."""
+    """A run's metrics as vLLM's benchmark computes them, from simulator records. `empty`:
+    per request index, an empty answer (see `empty_answers`)."""
     ttft = np.array([r["ttft"] for r in records]) + client_s
     e2e = np.array([r["e2e"] for r in records]) + client_s
     out = np.array([r["output_tokens"] for r in records], float)
     if empty is not None:
-        gone = np.asarray(empty)[[int(r["request_id"]) for r in records]]
-        ttft, out = np.where(gone, 0.0, ttft), np.where(gone, 0.0, out)
-    many = out > 1
-    tpot = (e2e[many] - ttft[many]) / (out[many] - 1)
+        out = np.where(np.asarray(empty)[[int(r["request_id"]) for r in records]], 0.0, out)
     start = min(r["arrival"] for r in records)
     duration = max(r["finish"] for r in records) + client_s - start
-    return {"ttft_ms_mean": float(ttft.mean() * 1e3),
-            "ttft_ms_median": float(np.median(ttft) * 1e3),
-            "tpot_ms_mean": float(tpot.mean() * 1e3) if many.any() else math.nan,
-            "tpot_ms_median": float(np.median(tpot) * 1e3) if many.any() else math.nan,
-            "output_throughput": float(out.sum() / duration),
-            "request_throughput": len(records) / duration}
+    return benchmark_metrics(ttft, e2e, out, duration)
+
+
+def benchmark_metrics(ttft: np.ndarray, e2e: np.ndarray, out: np.ndarray, duration: float,
+                      medians: bool = True) -> dict:
+    """vLLM benchmark_serving's figures from per-request seconds and output tokens: means
+    over requests; TPOT over requests with more than one output token; an empty answer (0
+    tokens) counts with TTFT 0; throughput over the whole run. The one home of these rules
+    (the simulator's records and the fit's re-timed schedules both come here)."""
+    ttft = np.where(out == 0, 0.0, ttft)
+    many = out > 1
+    tpot = (e2e[many] - ttft[many]) / (out[many] - 1)
+    got = {"ttft_ms_mean": float(ttft.mean() * 1e3),
+           "tpot_ms_mean": float(tpot.mean() * 1e3) if many.any() else math.nan,
+           "output_throughput": float(out.sum() / duration)}
+    if medians:
+        got |= {"ttft_ms_median": float(np.median(ttft) * 1e3),
+                "tpot_ms_median": float(np.median(tpot) * 1e3) if many.any() else math.nan,
+                "request_throughput": len(out) / duration}
+    return got
 
 
 def simulate_row(row, efficiency: Efficiency) -> dict:
