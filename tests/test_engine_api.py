@@ -259,3 +259,7 @@ def test_bad_engine_config():
         EngineConfig(dtype="int3")
     with pytest.raises(ValueError, match="unknown field.*max_num_seq"):
         EngineConfig.from_dict({"max_num_seq": 4})
+    with pytest.raises(ValueError, match="preemption_mode: must be one of recompute, swap"):
+        EngineConfig(preemption_mode="offload")
+    with pytest.raises(ValueError, match="swap_space: must be an integer >= 1"):
+        EngineConfig(preemption_mode="swap", swap_space=-1)

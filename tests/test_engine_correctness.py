@@ -12,6 +12,7 @@ import pytest
 from tests.hf_reference import hf_greedy, random_workload
 from workbench.engine import EngineConfig, LLMEngine, SamplingParams
 from workbench.engine.telemetry import telemetry_frame
+from workbench.models.config import ModelConfig
 from workbench.models.tiny import spec_with, write_checkpoint
 
 FAMILIES = {
@@ -30,6 +31,11 @@ CONFIGS = {
     "block1": dict(block_size=1),
     "chunked": dict(block_size=16, max_num_batched_tokens=32),
     "preempt": dict(block_size=4, num_kv_blocks=48, max_num_batched_tokens=64),
+    "swap": dict(block_size=4, num_kv_blocks=48, max_num_batched_tokens=64,
+                 preemption_mode="swap"),
+    # A host pool of 8 blocks holds some victims, not all: the rest fall back to recompute.
+    "swap_full": dict(block_size=4, num_kv_blocks=48, max_num_batched_tokens=64,
+                      preemption_mode="swap", swap_blocks=8),
 }
 
 
@@ -44,17 +50,28 @@ def family(request, tmp_path_factory):
 @pytest.mark.parametrize("config_name", list(CONFIGS))
 def test_matches_hf_greedy(family, config_name):
     path, prompts, outputs, refs = family
+    config = dict(CONFIGS[config_name])
+    if "swap_blocks" in config:  # as bytes, the way a user sizes the host pool
+        per_token = ModelConfig.from_dir(path).kv_bytes_per_token(4)
+        config["swap_space"] = config.pop("swap_blocks") * config["block_size"] * per_token
     eng = LLMEngine.from_pretrained(
-        path, EngineConfig(dtype="float32", device="cpu", max_num_seqs=16, **CONFIGS[config_name]))
+        path, EngineConfig(dtype="float32", device="cpu", max_num_seqs=16, **config))
     params = [SamplingParams(max_tokens=n, temperature=0.0) for n in outputs]
     got = eng.generate(prompts, params)
     for i, (out, ref) in enumerate(zip(got, refs, strict=True)):
         assert out.token_ids == ref, f"request {i} ({len(prompts[i])}-token prompt) diverged"
     steps = telemetry_frame(eng)
     assert steps.num_seqs.max() > 1, "requests were not batched together"
-    if config_name == "preempt":
+    if config_name in ("preempt", "swap", "swap_full"):
         assert steps.num_preempted.sum() > 0, "the small pool was meant to force preemption"
         assert sum(o.metrics.preemptions for o in got) > 0
+        swapped = steps.num_preempted_swap.sum()
+        recomputed = steps.num_preempted.sum() - swapped
+        assert {"preempt": swapped == 0, "swap": recomputed == 0 and swapped > 0,
+                "swap_full": recomputed > 0 and swapped > 0}[config_name], (swapped, recomputed)
+        assert steps.num_swapped_in.sum() == swapped  # every swapped sequence came back
+    assert eng.block_manager.num_free_blocks == eng.num_kv_blocks
+    assert eng.block_manager.num_free_host_blocks == eng.block_manager.num_swap_blocks
     if config_name == "chunked":
         assert steps.num_prefill_tokens.max() <= 32
         assert ((steps.num_prefill_tokens > 0) & (steps.num_decode_seqs > 0)).any(), \
@@ -114,3 +131,38 @@ def test_prefix_caching_matches_hf_and_no_caching(family, config_name):
     assert on.num_prefill_tokens.sum() < off.num_prefill_tokens.sum()
     assert 0 < bm.hit_rate < 1
     assert bm.num_free_blocks == bm.num_blocks  # nothing leaked; cached blocks are free
+
+
+@pytest.mark.parametrize("preemption_mode", ["recompute", "swap"])
+def test_sliding_window_frees_blocks_and_matches_hf(tmp_path, preemption_mode):
+    """Mistral with a 48-token window: outputs equal HF's while every decoding sequence holds
+    at most the window's blocks (plus the partial ones at its two ends), and the pool is small
+    enough that without freeing these requests would preempt each other."""
+    from workbench.engine.block_manager import NULL_BLOCK
+
+    path = write_checkpoint(tmp_path, FAMILIES["mistral"], seed=11)
+    prompts, outputs = random_workload(seed=9, n=6, vocab=FAMILIES["mistral"].vocab_size,
+                                       prompt_range=(40, 120), output_range=(60, 100))
+    refs = hf_greedy(path, prompts, outputs)
+    window, bs = 48, 4
+    eng = LLMEngine.from_pretrained(path, EngineConfig(
+        dtype="float32", device="cpu", block_size=bs, num_kv_blocks=100, max_num_seqs=6,
+        max_num_batched_tokens=64, preemption_mode=preemption_mode))
+    params = [SamplingParams(max_tokens=n, temperature=0.0) for n in outputs]
+    ids = [eng.add_request(None, p, sp) for p, sp in zip(prompts, params, strict=True)]
+    done, most_live, released = {}, 0, 0
+    while eng.has_unfinished():
+        for out in eng.step():
+            if out.finished:
+                done[out.request_id] = out.token_ids
+        for seq in eng.scheduler.running:
+            live = sum(b != NULL_BLOCK for b in seq.block_table)
+            released += seq.block_table.count(NULL_BLOCK)
+            if seq.num_output_tokens > 1:  # decoding: only the window's blocks are held
+                most_live = max(most_live, live)
+                assert live <= window // bs + 2, (seq.request_id, live)
+    assert [done[i] for i in ids] == refs
+    assert released > 0 and most_live >= window // bs
+    whole = sum(-(-(len(p) + n) // bs) for p, n in zip(prompts, outputs, strict=True))
+    assert whole > eng.num_kv_blocks  # without freeing they would not all fit at once
+    assert eng.block_manager.num_free_blocks == eng.num_kv_blocks

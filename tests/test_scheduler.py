@@ -115,6 +115,37 @@ def test_preemption_takes_most_recent_and_resumes():
     assert b.num_output_tokens == 4
 
 
+def test_swap_preemption_keeps_computed_tokens_and_resumes_before_new_admissions():
+    # The recompute case above, with a host pool: b's 3 blocks go to host blocks and come back
+    # with nothing to recompute, ahead of a request that arrived meanwhile.
+    bm = BlockManager(7, 4, num_swap_blocks=3)
+    sched = Scheduler(SchedulerConfig(8, 64, 256, True, (2,), preemption_mode="swap"), bm)
+    a, b, c = seq("a", 10, max_tokens=8), seq("b", 10, max_tokens=8), seq("c", 4, max_tokens=2)
+    sched.add(a)
+    sched.add(b)
+    for _ in range(3):
+        run_step(sched)
+    b_blocks = list(b.block_table)
+    out, _ = run_step(sched)  # token 13 needs a 4th block each: b is swapped out
+    assert [v.request_id for v in out.preempted] == ["b"] and out.num_swapped_out == 1
+    assert [d for d, _ in out.swap_out] == b_blocks and bm.num_free_host_blocks == 0
+    assert b.status is SequenceStatus.SWAPPED and b.num_computed_tokens == 12
+    assert b.block_table == [] and len(b.host_table) == 3 and not sched.waiting
+    sched.add(c)  # waits: swapped sequences resume first
+    while not a.is_finished:
+        out, _ = run_step(sched)
+        assert c not in [x.seq for x in out.scheduled]
+    out, _ = run_step(sched)
+    assert out.num_swapped_in == 1 and b.host_table == []
+    first = out.scheduled[0]
+    assert first.seq is b and first.num_tokens == 1 and first.is_decode  # nothing recomputed
+    assert len(out.swap_in) == 3 and bm.num_free_host_blocks == 3
+    assert [x.seq for x in out.scheduled] == [b, c]  # c admitted once nothing is swapped
+    while sched.has_unfinished():
+        run_step(sched)
+    assert b.num_output_tokens == 8 and bm.num_free_blocks == 7
+
+
 def test_admission_keeps_a_watermark_of_free_blocks():
     # 10 blocks of 4: a's 16-token prompt fills 4 blocks exactly, so its first decode needs a
     # 5th. b's 24-token prompt needs the other 6: admitting it leaves nothing for a to grow
@@ -228,15 +259,20 @@ def test_prefix_cache_shares_whole_blocks_and_evicts_least_recently_freed():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_randomized_block_accounting_never_leaks(seed):
-    """Mixed lengths, shared prefixes, aborts mid-stream and recompute preemption: after every
-    request has finished or been aborted, every block is free (cached ones included), no
-    reference is left and the cache's two maps agree."""
+@pytest.mark.parametrize("mode", ["recompute", "swap"])
+def test_randomized_block_accounting_never_leaks(seed, mode):
+    """Mixed lengths, shared prefixes, aborts mid-stream (waiting, running or swapped) and
+    preemption of both kinds (a host pool too small for every victim, so swap falls back to
+    recompute too): after every request has finished or been aborted, every block is free
+    (cached ones included), every host block is back, no reference is left and the cache's two
+    maps agree."""
     import random
 
     rng = random.Random(seed)
-    bm = BlockManager(16, 4)
-    sched = Scheduler(SchedulerConfig(6, 24, 64, True, (2,), enable_prefix_caching=True), bm)
+    bm = BlockManager(16, 4, num_swap_blocks=4 if mode == "swap" else 0)
+    sched = Scheduler(SchedulerConfig(6, 24, 64, True, (2,), enable_prefix_caching=True,
+                                      preemption_mode=mode), bm)
+    kinds = {"swap": 0, "recompute": 0}
     prefixes = [[FIRST_ORDINARY_TOKEN_ID + rng.randrange(50) for _ in range(rng.randint(3, 13))]
                 for _ in range(3)]
     live, preempted, t = [], 0, 0.0
@@ -248,19 +284,27 @@ def test_randomized_block_accounting_never_leaks(seed):
                                                           ignore_eos=True), t)
             sched.add(s)
             live.append(s)
-        if live and rng.random() < 0.1:  # abort one mid-stream (waiting or running)
+        if live and rng.random() < 0.1:  # abort one mid-stream (waiting, running or swapped)
             victim = rng.choice([s for s in live if not s.is_finished] or live)
             sched.finish(victim, "abort", t)
         t += 1.0
         out, _ = run_step(sched, token=FIRST_ORDINARY_TOKEN_ID + rng.randrange(50), now=t)
         preempted += len(out.preempted)
-        in_use = sum(len(s.block_table) for s in (*sched.running, *sched.waiting))
-        assert sum(bm.ref_counts) == in_use
+        kinds["swap"] += out.num_swapped_out
+        kinds["recompute"] += len(out.preempted) - out.num_swapped_out
+        live_seqs = (*sched.running, *sched.waiting, *sched.swapped)
+        assert sum(bm.ref_counts) == sum(len(s.block_table) for s in live_seqs)
+        assert bm.num_free_host_blocks + sum(len(s.host_table) for s in live_seqs) == \
+            bm.num_swap_blocks
+        assert all(not s.block_table and s.host_table for s in sched.swapped)
     while sched.has_unfinished():
         t += 1.0
         run_step(sched, now=t)
     assert preempted > 0 and bm.hit_tokens > 0, "the workload should preempt and hit"
+    if mode == "swap":
+        assert kinds["swap"] > 0 and kinds["recompute"] > 0, kinds
     assert bm.num_free_blocks == bm.num_blocks and set(bm.ref_counts) == {0}
+    assert bm.num_free_host_blocks == bm.num_swap_blocks
     assert all(bm._key_of[b] == k for k, b in bm._block_of.items())
     assert sum(k is not None for k in bm._key_of) == len(bm._block_of)
 

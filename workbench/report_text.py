@@ -306,6 +306,34 @@ def run_summary(summary: dict, sc=None) -> str:
     return text + "."
 
 
+def kv_cache_text(run) -> str:
+    """What the KV cache did during a measured run: its size, how full it got, what the
+    prefix cache saved and what was preempted, from the run's own records."""
+    target, steps, requests = run.manifest.get("target") or {}, run.steps, run.requests
+    if steps is None or steps.empty or "num_kv_blocks" not in target:
+        return "The run recorded no engine steps (an HTTP target): no KV-cache figures."
+    block = target["engine_config"]["block_size"]
+    pool = target["num_kv_blocks"] * block
+    per_token = target.get("kv_bytes_per_token")
+    size = f" ({per_token * pool / 1e6:,.1f} MB)" if per_token else ""
+    peak = steps.kv_blocks_used.max() / target["num_kv_blocks"]
+    text = (f"The KV pool held {pool:,} tokens{size} in blocks of {block}; at its fullest "
+            f"the run used {percent(peak)} of it.")
+    prompt = requests.prompt_tokens.sum() if "prompt_tokens" in requests else 0
+    if target["engine_config"].get("enable_prefix_caching") and prompt:
+        cached = requests.get("cached_prompt_tokens", pd.Series(dtype=float)).sum()
+        text += (f" The prefix cache supplied {percent(cached / prompt)} of the prompt tokens "
+                 f"({int(cached):,} of {int(prompt):,}), which were not computed again.")
+    preempted = int(steps.num_preempted.sum())
+    if preempted:
+        swapped = int(steps.get("num_preempted_swap", pd.Series(0)).sum())
+        text += (f" {plural(preempted, 'preemption')} when the pool ran out "
+                 f"({swapped} swapped to host memory, {preempted - swapped} recomputed).")
+    else:
+        text += " No request was preempted."
+    return text
+
+
 def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
     """workbench.sim.compare.compare_runs' frame with units: latencies in ms, error in %."""
     rows = []

@@ -13,15 +13,26 @@ freed one and is taken for new tokens (evicted). A key is (its parent key's hash
 token ids): the dict compares a block's own tokens exactly and its parent by a 64-bit hash,
 so hashing a key costs one block's tokens however long the prefix, and two prefixes could
 share a block only if two parent hashes collided.
+
+Swap (vLLM's preemption_mode="swap"): a second, host-memory pool of `num_swap_blocks` blocks.
+Swapping a sequence out gives each of its device blocks a host block and releases the device
+block; swapping in does the reverse. The manager only decides which block goes where and
+returns the (source, destination) pairs; the engine copies the K/V (the simulator does not).
+
+Sliding window (Mistral-style attention): once no query of a sequence can see a block any more,
+the block is released and its table entry becomes NULL_BLOCK, so entries keep their positions
+(entry i holds tokens i*block_size...) and K/V per sequence stops growing at the window.
 """
 
 from __future__ import annotations
 
 from workbench.engine.sequence import Sequence
 
+NULL_BLOCK = -1  # a table entry whose block was released (outside the attention window)
+
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(self, num_blocks: int, block_size: int, num_swap_blocks: int = 0):
         if num_blocks < 1:
             raise ValueError(f"num_kv_blocks: must be >= 1, got {num_blocks}")
         if block_size < 1:
@@ -34,6 +45,8 @@ class BlockManager:
         self._key_of: list[tuple | None] = [None] * num_blocks  # registered prefix key
         self._block_of: dict[tuple, int] = {}                   # prefix key -> block
         self.evictions = 0
+        self.num_swap_blocks = num_swap_blocks
+        self._free_host = list(range(num_swap_blocks - 1, -1, -1))  # a stack: pop() is O(1)
         self.queried_tokens = 0  # tokens of admitted sequences looked up in the cache
         self.hit_tokens = 0      # of those, found
 
@@ -71,21 +84,85 @@ class BlockManager:
         if need > len(self._free):
             raise RuntimeError(f"out of KV blocks: need {need}, {len(self._free)} free")
         for _ in range(need):
-            block = next(iter(self._free))
-            del self._free[block]
-            self._evict(block)
-            self.ref_counts[block] = 1
-            seq.block_table.append(block)
+            seq.block_table.append(self._take_free())
+
+    def _take_free(self) -> int:
+        """The least recently freed block, its cached prefix (if any) evicted."""
+        block = next(iter(self._free))
+        del self._free[block]
+        self._evict(block)
+        self.ref_counts[block] = 1
+        return block
 
     def free(self, seq: Sequence) -> None:
         # Release in reverse so a prompt's tail blocks (the least likely to be shared) are
         # evicted before its head.
         for block in reversed(seq.block_table):
-            self.ref_counts[block] -= 1
-            if self.ref_counts[block] == 0:
-                self._free[block] = None
+            if block != NULL_BLOCK:
+                self._release(block)
+        self._free_host.extend(h for h in seq.host_table if h != NULL_BLOCK)
         seq.block_table = []
         seq.block_keys = []
+        seq.host_table = []
+
+    def _release(self, block: int) -> None:
+        self.ref_counts[block] -= 1
+        if self.ref_counts[block] == 0:
+            self._free[block] = None  # its registered prefix stays reusable until evicted
+
+    # -- swap ----------------------------------------------------------------------------------
+    @property
+    def num_free_host_blocks(self) -> int:
+        return len(self._free_host)
+
+    def can_swap_out(self, seq: Sequence) -> bool:
+        live = _live_blocks(seq.block_table)
+        return 0 < live <= len(self._free_host)
+
+    def swap_out(self, seq: Sequence) -> list[tuple[int, int]]:
+        """Move `seq`'s blocks to host blocks; (device block, host block) pairs to copy. A
+        block shared with other sequences (a cached prefix) is copied too and stays theirs;
+        one left free keeps its prefix registered: its contents are intact until reused."""
+        seq.host_table = [NULL_BLOCK if b == NULL_BLOCK else self._free_host.pop()
+                          for b in seq.block_table]
+        pairs = [(b, h) for b, h in zip(seq.block_table, seq.host_table, strict=True)
+                 if b != NULL_BLOCK]
+        for block, _ in reversed(pairs):
+            self._release(block)
+        seq.block_table = []
+        seq.block_keys = []  # the blocks it gets back are registered anew as they are computed
+        return pairs
+
+    def can_swap_in(self, seq: Sequence, num_new_tokens: int, keep_free: int = 0) -> bool:
+        """Whether `seq`'s swapped blocks plus room for `num_new_tokens` more fit the pool."""
+        grow = self.blocks_for(seq.num_computed_tokens + num_new_tokens) - len(seq.host_table)
+        return _live_blocks(seq.host_table) + grow + keep_free <= len(self._free)
+
+    def swap_in(self, seq: Sequence) -> list[tuple[int, int]]:
+        """Give `seq` device blocks for its host blocks; (host block, device block) pairs."""
+        hosts, seq.host_table = seq.host_table, []
+        seq.block_table = [NULL_BLOCK if h == NULL_BLOCK else self._take_free() for h in hosts]
+        pairs = [(h, b) for h, b in zip(hosts, seq.block_table, strict=True) if h != NULL_BLOCK]
+        self._free_host.extend(h for h, _ in pairs)
+        return pairs
+
+    # -- sliding window ------------------------------------------------------------------------
+    def release_out_of_window(self, seq: Sequence, window: int) -> int:
+        """Release the blocks no later query of `seq` can attend to; how many were released.
+        The next query sits at position num_computed_tokens and sees keys after
+        num_computed_tokens - window, so every block ending at or before that is dead."""
+        dead = max(0, seq.num_computed_tokens - window + 1) // self.block_size
+        released = 0
+        # Backwards from the last dead block: the ones before an already released entry were
+        # released with it, so a step costs only what it releases.
+        for i in range(min(dead, len(seq.block_table)) - 1, -1, -1):
+            block = seq.block_table[i]
+            if block == NULL_BLOCK:
+                break
+            self._release(block)
+            seq.block_table[i] = NULL_BLOCK
+            released += 1
+        return released
 
     # -- prefix caching ------------------------------------------------------------------------
     def cached_prefix(self, seq: Sequence) -> list[int]:
@@ -122,7 +199,8 @@ class BlockManager:
         for i in range(len(seq.block_keys), full):
             key = (parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))
             block = seq.block_table[i]
-            if key not in self._block_of and self._key_of[block] is None:
+            if (block != NULL_BLOCK and key not in self._block_of
+                    and self._key_of[block] is None):
                 self._block_of[key] = block
                 self._key_of[block] = key
             seq.block_keys.append(key)
@@ -148,3 +226,7 @@ class BlockManager:
             del self._block_of[key]
             self._key_of[block] = None
             self.evictions += 1
+
+
+def _live_blocks(table: list[int]) -> int:
+    return sum(1 for b in table if b != NULL_BLOCK)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+PREEMPTION_MODES = ("recompute", "swap")
+
 
 @dataclass(slots=True)
 class EngineConfig:
@@ -20,12 +22,17 @@ class EngineConfig:
     prefill_first: bool = False
     # Reuse the K/V of prompt prefixes computed before (vLLM's default since V1).
     enable_prefix_caching: bool = True
+    # What happens to a sequence preempted when the pool runs out: "recompute" (free its
+    # blocks, recompute prompt + output later) or "swap" (copy its blocks to host memory and
+    # back; recompute when the host pool is full).
+    preemption_mode: str = "recompute"
+    swap_space: int | None = None  # bytes of host memory for swapped K/V; None = the pool's size
     seed: int = 0  # for requests that sample without a seed of their own
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             _positive_int(name, getattr(self, name))
-        for name in ("num_kv_blocks", "kv_cache_memory", "max_model_len"):
+        for name in ("num_kv_blocks", "kv_cache_memory", "max_model_len", "swap_space"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -33,6 +40,9 @@ class EngineConfig:
                              f"got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: must be one of auto, cpu, cuda; got {self.device!r}")
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ValueError(f"preemption_mode: must be one of {', '.join(PREEMPTION_MODES)}; "
+                             f"got {self.preemption_mode!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> EngineConfig:

@@ -10,7 +10,12 @@ from collections.abc import Callable, Iterator
 from workbench.engine.block_manager import BlockManager
 from workbench.engine.config import EngineConfig
 from workbench.engine.detokenizer import IncrementalDetokenizer
-from workbench.engine.kv_cache import allocate_kv_cache, free_memory
+from workbench.engine.kv_cache import (
+    allocate_kv_cache,
+    allocate_swap_space,
+    copy_blocks,
+    free_memory,
+)
 from workbench.engine.outputs import RequestMetrics, RequestOutput
 from workbench.engine.runner import ModelRunner
 from workbench.engine.sampling_params import SamplingParams, require_utf8
@@ -36,13 +41,15 @@ class LLMEngine:
                   else None)
         facts = ModelFacts(model_config.kv_bytes_per_token(self.dtype.itemsize),
                            model_config.max_position_embeddings, model_config.eos_token_ids,
-                           budget)
+                           budget, model_config.sliding_window)
         sizing = size_engine(config, facts)
         self.max_model_len = sizing.scheduler.max_model_len
         self.num_kv_blocks = sizing.num_kv_blocks
         self.kv_caches = allocate_kv_cache(model_config, self.num_kv_blocks, config.block_size,
                                            self.dtype, self.device)
-        self.block_manager = BlockManager(self.num_kv_blocks, config.block_size)
+        self.swap_caches = allocate_swap_space(self.kv_caches, sizing.num_swap_blocks)
+        self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
+                                          sizing.num_swap_blocks)
         self.scheduler = Scheduler(sizing.scheduler, self.block_manager)
         self.runner = ModelRunner(model, self.kv_caches, config.block_size, config.seed)
         self.telemetry: list[StepRecord] = []
@@ -112,6 +119,9 @@ class LLMEngine:
         """Schedule, run the model once, postprocess; outputs for requests that got a token."""
         t_start = self.clock()
         sched = self.scheduler.schedule(t_start)
+        # Before the model runs: blocks swapped out this step may be written by it.
+        copy_blocks(self.kv_caches, self.swap_caches, sched.swap_out)
+        copy_blocks(self.swap_caches, self.kv_caches, sched.swap_in)
         if sched.is_empty:
             return []
         sampled = self.runner.execute(sched.scheduled)

@@ -82,7 +82,8 @@ class ModelRunner:
         tables = [s.block_table[:width] + [0] * (width - len(s.block_table[:width]))
                   for s in seqs]
         dev = self.device
-        meta.decode_block_tables = torch.tensor(tables, device=dev)
+        # Released (out-of-window) entries read block 0 instead: the window mask hides them.
+        meta.decode_block_tables = torch.tensor(tables, device=dev).clamp_(min=0)
         key_pos = torch.arange(width * bs, device=dev)
         ctx_t = torch.tensor(ctx, device=dev).unsqueeze(1)
         mask = key_pos < ctx_t
@@ -103,5 +104,5 @@ class ModelRunner:
             mask &= k_pos > q_pos - self.window
         blocks = None
         if start > 0:
-            blocks = torch.tensor(table[: -(-ctx // self.block_size)], device=dev)
+            blocks = torch.tensor(table[: -(-ctx // self.block_size)], device=dev).clamp_(min=0)
         return PrefillChunk(flat_start, n, ctx, blocks, mask)

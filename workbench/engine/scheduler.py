@@ -6,9 +6,13 @@ decode needs one token, a sequence still prefilling takes a chunk of what is lef
 budget. Waiting sequences are then admitted by priority, first-come first-served within a
 level, while the budget, `max_num_seqs` and free KV blocks allow (keeping a small watermark of
 blocks free for the running sequences to grow into). When blocks run out, the running
-sequence of the lowest priority admitted last is preempted: its blocks are freed and it goes
-back to the front of its level of the queue to be recomputed later (prompt + the tokens it had
-produced), so it resumes exactly.
+sequence of the lowest priority admitted last is preempted, in one of two modes (vLLM's
+`preemption_mode`):
+- recompute: its blocks are freed and it goes back to the front of its level of the waiting
+  queue to be recomputed later (prompt + the tokens it had produced), so it resumes exactly;
+- swap: its blocks are copied to the host pool and it waits in the swapped queue; swapped
+  sequences resume (copied back) before any new admission, in vLLM V0's order: running, then
+  swapped, then waiting. A victim that does not fit the host pool is recomputed instead.
 
 With prefix caching on, a sequence admitted with nothing computed first takes every cached
 block its tokens start with (workbench.engine.block_manager) and computes only the rest; blocks
@@ -46,6 +50,9 @@ class SchedulerConfig:
     # block, its prefill wasted.
     kv_watermark: float = 0.01
     enable_prefix_caching: bool = False
+    preemption_mode: str = "recompute"  # recompute | swap
+    # Mistral-style attention window: blocks no query can see any more are released.
+    sliding_window: int | None = None
 
 
 @dataclass(slots=True)
@@ -61,6 +68,12 @@ class SchedulerOutput:
     scheduled: list[ScheduledSeq] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
     cached_tokens: int = 0  # tokens admissions in this step took from the prefix cache
+    # Block copies the engine makes before the model runs: out first, since a block swapped
+    # out may be handed to another sequence in the same step.
+    swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device, host) blocks
+    swap_in: list[tuple[int, int]] = field(default_factory=list)  # (host, device) blocks
+    num_swapped_out: int = 0  # of `preempted`, sequences swapped rather than recomputed
+    num_swapped_in: int = 0
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -81,6 +94,7 @@ class Scheduler:
         self.block_manager = block_manager
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.swapped: deque[Sequence] = deque()  # preempted by swap, in priority order
         self.watermark_blocks = math.ceil(config.kv_watermark * block_manager.num_blocks)
 
     # -- admission ---------------------------------------------------------------------------
@@ -126,18 +140,22 @@ class Scheduler:
         queue.append(seq)
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.swapped)
 
     @property
     def num_waiting(self) -> int:
         return len(self.waiting)
+
+    @property
+    def num_swapped(self) -> int:
+        return len(self.swapped)
 
     # -- one step ----------------------------------------------------------------------------
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         bm = self.block_manager
-        if self.config.prefill_first and self.waiting:
+        if self.config.prefill_first and self.waiting and not self.swapped:
             self._admit(out, budget, now)
             if out.scheduled:
                 return out
@@ -149,10 +167,10 @@ class Scheduler:
             if n < seq.num_uncomputed_tokens and not self.config.enable_chunked_prefill:
                 i += 1
                 continue
+            self._release_out_of_window(seq)
             while not bm.can_allocate(seq, n):
                 victim = self.running.pop()  # lowest priority, then latest admitted
-                self._preempt(victim)
-                out.preempted.append(victim)
+                self._preempt(victim, out)
                 if victim is seq:
                     break
             else:
@@ -163,10 +181,34 @@ class Scheduler:
                 continue
             break  # seq preempted itself: it was the last running sequence
 
-        # New admissions wait while anything is being preempted: the pool is under pressure.
+        # Nothing resumes or is admitted while anything is being preempted: the pool is under
+        # pressure. Swapped sequences resume before new ones are admitted.
         if not out.preempted:
-            self._admit(out, budget, now)
+            budget = self._swap_in(out, budget)
+            if not self.swapped:
+                self._admit(out, budget, now)
         return out
+
+    def _swap_in(self, out: SchedulerOutput, budget: int) -> int:
+        """Resume swapped sequences in order while they fit; the budget left."""
+        bm = self.block_manager
+        while (self.swapped and budget > 0
+               and len(self.running) < self.config.max_num_seqs):
+            seq = self.swapped[0]
+            n = min(seq.num_uncomputed_tokens, budget)
+            if n < seq.num_uncomputed_tokens and not self.config.enable_chunked_prefill:
+                break
+            if not bm.can_swap_in(seq, n, self.watermark_blocks if self.running else 0):
+                break
+            self.swapped.popleft()
+            out.swap_in.extend(bm.swap_in(seq))
+            out.num_swapped_in += 1
+            bm.allocate(seq, n)
+            seq.status = SequenceStatus.RUNNING
+            self._insert(self.running, seq, before_equals=False)  # as a re-admission would
+            out.scheduled.append(self._scheduled(seq, n))
+            budget -= n
+        return budget
 
     def _admit(self, out: SchedulerOutput, budget: int, now: float) -> int:
         """Admit waiting sequences first-come first-served into `out`; the budget left."""
@@ -207,7 +249,13 @@ class Scheduler:
             return None
         blocks = self.block_manager.cached_prefix(seq)
         self.block_manager.share(seq, blocks)
-        return seq.num_computed_tokens
+        cached = seq.num_computed_tokens
+        self._release_out_of_window(seq)  # a long cached prefix may start past the window
+        return cached
+
+    def _release_out_of_window(self, seq: Sequence) -> None:
+        if self.config.sliding_window is not None:
+            self.block_manager.release_out_of_window(seq, self.config.sliding_window)
 
     def _give_back(self, seq: Sequence, cached: int | None) -> None:
         """Undo `_take_cached_prefix` for a sequence that stays waiting."""
@@ -221,11 +269,19 @@ class Scheduler:
         is_decode = n == 1 and samples and seq.num_output_tokens > 0
         return ScheduledSeq(seq, n, samples, is_decode)
 
-    def _preempt(self, seq: Sequence) -> None:
-        self.block_manager.free(seq)
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        seq.preemptions += 1
+        out.preempted.append(seq)
+        bm = self.block_manager
+        if self.config.preemption_mode == "swap" and bm.can_swap_out(seq):
+            out.swap_out.extend(bm.swap_out(seq))
+            out.num_swapped_out += 1
+            seq.status = SequenceStatus.SWAPPED
+            self._insert(self.swapped, seq, before_equals=True)
+            return
+        bm.free(seq)  # recompute (or the host pool is full: fall back to recompute)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
-        seq.preemptions += 1
         self._insert(self.waiting, seq, before_equals=True)
 
     # -- after the model ran -----------------------------------------------------------------
@@ -263,17 +319,15 @@ class Scheduler:
         if seq.is_finished:
             return
         if remove:
-            if seq.status is SequenceStatus.RUNNING:
-                self.running.remove(seq)
-            else:
-                self.waiting.remove(seq)
+            {SequenceStatus.RUNNING: self.running, SequenceStatus.WAITING: self.waiting,
+             SequenceStatus.SWAPPED: self.swapped}[seq.status].remove(seq)
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         seq.finish = now
 
     def find(self, request_id: str) -> Sequence | None:
-        for seq in (*self.running, *self.waiting):
+        for seq in (*self.running, *self.swapped, *self.waiting):
             if seq.request_id == request_id:
                 return seq
         return None

@@ -11,6 +11,7 @@ from workbench.engine.sampling_params import SamplingParams
 class SequenceStatus(Enum):
     WAITING = auto()
     RUNNING = auto()
+    SWAPPED = auto()  # preempted by swap: its K/V wait in host memory
     FINISHED = auto()
 
 
@@ -32,6 +33,7 @@ class Sequence:
     preemptions: int = 0
     cached_prompt_tokens: int = 0  # prompt tokens found in the prefix cache when admitted
     block_keys: list = field(default_factory=list)  # prefix-cache keys of its full blocks
+    host_table: list[int] = field(default_factory=list)  # host blocks while swapped out
 
     @property
     def num_tokens(self) -> int:

@@ -40,6 +40,7 @@ class ModelFacts:
     max_model_len: int  # the model's own limit (max_position_embeddings)
     eos_token_ids: tuple[int, ...] = ()
     kv_budget: int | None = None  # bytes the default pool may take; None = no cap known
+    sliding_window: int | None = None  # Mistral-style attention window, in tokens
 
     @classmethod
     def from_step_model(cls, step_model) -> ModelFacts:
@@ -51,14 +52,17 @@ class ModelFacts:
         if budget is None and recorded and fit_block:
             # The pool the measured engine built, as bytes, so another block size still fits it.
             budget = int(recorded) * int(fit_block) * per_token
+        window = model.get("sliding_window")
         return cls(per_token, int(model["max_model_len"]),
-                   tuple(model.get("eos_token_ids") or ()), budget)
+                   tuple(model.get("eos_token_ids") or ()), budget,
+                   int(window) if window else None)
 
 
 @dataclass(frozen=True, slots=True)
 class EngineSizing:
     scheduler: SchedulerConfig  # its max_model_len is the effective one
     num_kv_blocks: int
+    num_swap_blocks: int = 0  # the host pool swap preemption copies blocks to
 
 
 def size_engine(config: EngineConfig, facts: ModelFacts) -> EngineSizing:
@@ -73,8 +77,11 @@ def size_engine(config: EngineConfig, facts: ModelFacts) -> EngineSizing:
     sched = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, max_len,
                             config.enable_chunked_prefill, tuple(facts.eos_token_ids),
                             prefill_first=config.prefill_first,
-                            enable_prefix_caching=config.enable_prefix_caching)
-    return EngineSizing(sched, _pool_blocks(config, facts, max_len))
+                            enable_prefix_caching=config.enable_prefix_caching,
+                            preemption_mode=config.preemption_mode,
+                            sliding_window=facts.sliding_window)
+    blocks = _pool_blocks(config, facts, max_len)
+    return EngineSizing(sched, blocks, _swap_blocks(config, facts, blocks))
 
 
 def uses_memory_budget(config: EngineConfig) -> bool:
@@ -97,6 +104,16 @@ def _pool_blocks(config: EngineConfig, facts: ModelFacts, max_len: int) -> int:
     if facts.kv_budget is None:
         return wanted
     return max(1, min(wanted, facts.kv_budget // per_block))
+
+
+def _swap_blocks(config: EngineConfig, facts: ModelFacts, pool_blocks: int) -> int:
+    """Host blocks for swap preemption: none unless swapping; by default as many as the pool
+    (vLLM sizes its host pool by swap_space bytes, 4 GiB by default: a pool's worth here)."""
+    if config.preemption_mode != "swap":
+        return 0
+    if config.swap_space is None:
+        return pool_blocks
+    return config.swap_space // (config.block_size * facts.kv_bytes_per_token)
 
 
 def default_kv_budget(free_bytes: int) -> int:

@@ -24,6 +24,10 @@ class StepRecord:
     decode_context: int = 0  # K/V tokens read by decodes
     decode_max_context: int = 0  # decode attention is padded to the longest context
     num_cached_tokens: int = 0  # prompt tokens taken from the prefix cache by admissions
+    num_preempted_swap: int = 0  # of num_preempted, swapped out (the rest are recomputed)
+    num_swapped_in: int = 0  # sequences copied back from the host pool
+    num_swapped: int = 0  # sequences waiting in the host pool after the step
+    num_swap_blocks: int = 0  # blocks copied either way
 
 
 def step_record(step: int, t_start: float, t_end: float, sched, scheduler,
@@ -51,7 +55,8 @@ def step_record(step: int, t_start: float, t_end: float, sched, scheduler,
     return StepRecord(step, t_start, t_end, prefill_tokens, decodes, len(sched.scheduled), context,
                       bm.num_used_blocks, bm.num_blocks, len(sched.preempted),
                       scheduler.num_waiting, prefill_seqs, prefill_attn, dec_ctx, dec_max,
-                      sched.cached_tokens)
+                      sched.cached_tokens, sched.num_swapped_out, sched.num_swapped_in,
+                      scheduler.num_swapped, len(sched.swap_out) + len(sched.swap_in))
 
 
 STEP_COLUMNS = [f.name for f in fields(StepRecord)]

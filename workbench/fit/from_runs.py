@@ -43,7 +43,8 @@ def describe_fit_target(target: dict) -> tuple[dict, dict]:
     `num_kv_blocks` included."""
     model = {k: target.get(k) for k in ("path", "architecture", "hidden_size", "num_layers",
                                         "weight_bytes", "kv_bytes_per_token", "max_model_len",
-                                        "vocab_size", "eos_token_ids", "num_kv_blocks")}
+                                        "vocab_size", "eos_token_ids", "num_kv_blocks",
+                                        "sliding_window")}
     model["name"] = target["model"]
     engine = {"dtype": target["dtype"], "device": target["device"],
               "block_size": target["engine_config"]["block_size"], "kv_cache_dtype": "auto",

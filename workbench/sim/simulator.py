@@ -33,7 +33,8 @@ class Replica:
         # The same rule the engine sizes itself with; a fit's recorded pool caps the default.
         sizing = size_engine(cfg, ModelFacts.from_step_model(step_model))
         self.max_model_len = sizing.scheduler.max_model_len
-        self.block_manager = BlockManager(sizing.num_kv_blocks, cfg.block_size)
+        self.block_manager = BlockManager(sizing.num_kv_blocks, cfg.block_size,
+                                          sizing.num_swap_blocks)
         self.scheduler = Scheduler(sizing.scheduler, self.block_manager)
         # The simulator needs no real tokens, only ones that never end a request early.
         eos = set(sizing.scheduler.eos_token_ids)
@@ -44,7 +45,8 @@ class Replica:
 
     @property
     def outstanding(self) -> int:
-        return len(self.scheduler.running) + len(self.scheduler.waiting)
+        sched = self.scheduler
+        return len(sched.running) + len(sched.waiting) + len(sched.swapped)
 
     def admit(self, seq: Sequence) -> None:
         if not self.scheduler.has_unfinished():

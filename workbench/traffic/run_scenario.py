@@ -88,7 +88,7 @@ def describe_engine(engine, name: str) -> dict:
         "weight_bytes": engine.model.weight_bytes(),
         "kv_bytes_per_token": cfg.kv_bytes_per_token(engine.kv_caches[0][0].element_size()),
         "max_model_len": cfg.max_position_embeddings, "vocab_size": cfg.vocab_size,
-        "eos_token_ids": list(cfg.eos_token_ids),
+        "eos_token_ids": list(cfg.eos_token_ids), "sliding_window": cfg.sliding_window,
         "effective_max_model_len": engine.max_model_len,
         "engine_config": asdict(engine.config),
         "dtype": str(engine.dtype).replace("torch.", ""),
