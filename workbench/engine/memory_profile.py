@@ -6,7 +6,7 @@ cache exists. The activation peak:
   of `sizing.profile_batch` (max_num_batched_tokens over max_num_seqs sequences) through the
   engine's own runner, peak of torch.cuda.max_memory_allocated above the resting state;
 - otherwise, and always on CPU, the analytic model `fit.memory_model.activation_peak_bytes`.
-  On CPU a measurement (`memory_model.measure_step_peak`) is neither cheap nor reliable inside
+  On CPU a measurement (`memory_model.measure_peak`) is neither cheap nor reliable inside
   a running process: it retunes glibc's allocator process-wide, reads the process's high-water
   mark, which any other allocation in the window moves, and needs Linux /proc. The model is
   checked against that measurement, taken in a fresh process, in tests/test_memory_model.py.
@@ -48,17 +48,16 @@ def measure_device_memory(model, model_config: ModelConfig, config: EngineConfig
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the profiling step's cached blocks are free to the pool
         free, total = torch.cuda.mem_get_info(device)
-        # vLLM's non-torch memory: in use on the device, but not by this process's tensors
-        # (CUDA context, cuBLAS workspace, other processes).
-        other = total - free - torch.cuda.memory_allocated(device)
         source = "device"
     else:
         total, free = host_memory_total(), host_memory_available()
-        # In use, but not by these weights: the OS, other processes, this process's runtime.
-        other = total - free - weights
         source = "host"
+    # In use, but not by these weights: other processes, the CUDA context or the OS, this
+    # process's runtime and its other tensors (another engine's KV cache: the activation peak
+    # is taken above the resting state, so they must be counted here).
+    other = max(total - free - weights, 0)
     return DeviceMemory(total, source, weights, activation, measured, sum(lengths), len(lengths),
-                        max(other, 0), free)
+                        other, free)
 
 
 def cuda_activation_peak(model, model_config: ModelConfig, config: EngineConfig,
