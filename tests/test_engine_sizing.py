@@ -36,11 +36,12 @@ def fit_of(engine) -> StepTimeModel:
 
 @pytest.mark.parametrize("config", [
     dict(num_kv_blocks=50),
-    dict(kv_cache_memory=3_000_000, block_size=8),
+    dict(kv_cache_memory=3_000_000, block_size=8, max_model_len=512),  # 91 blocks: 728 tokens
     dict(),  # the default pool: room for every sequence, capped by free memory
     dict(max_model_len=256, max_num_seqs=4, block_size=32),
     dict(enable_chunked_prefill=False, max_model_len=512, max_num_batched_tokens=512),
-], ids=["blocks", "memory", "default", "max-len", "unchunked"])
+    dict(memory_utilization=0.5, memory_budget=128 * 2**20),
+], ids=["blocks", "memory", "default", "max-len", "unchunked", "utilization"])
 def test_simulator_sizes_replicas_like_the_engine(tiny_engine_factory, config):
     engine = tiny_engine_factory(**config)
     replica = Replica(fit_of(engine), EngineConfig(device="cpu", **config))
@@ -82,10 +83,10 @@ def test_sizing_rule_by_hand():
     assert size_engine(cfg, facts).num_kv_blocks == 30  # 3 sequences x 10 blocks
     capped = ModelFacts(1000, 100, (2,), kv_budget=125_000)
     assert size_engine(cfg, capped).num_kv_blocks == 12  # 125 kB / 10 kB per block
-    sized = size_engine(EngineConfig(block_size=10, kv_cache_memory=55_000), capped)
-    assert sized.num_kv_blocks == 5 and sized.scheduler.eos_token_ids == (2,)
+    sized = size_engine(EngineConfig(block_size=10, kv_cache_memory=105_000), capped)
+    assert sized.num_kv_blocks == 10 and sized.scheduler.eos_token_ids == (2,)
     assert sized.scheduler.max_model_len == 100
-    with pytest.raises(ValueError, match="kv_cache_memory: 5000 bytes holds no block"):
+    with pytest.raises(ValueError, match="kv_cache_memory: 5000 bytes hold 0 blocks"):
         size_engine(EngineConfig(block_size=10, kv_cache_memory=5000), facts)
     assert default_kv_budget(1000) == int(1000 * DEFAULT_MEMORY_SHARE)
 

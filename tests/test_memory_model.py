@@ -37,6 +37,37 @@ def test_activation_peak_matches_measurement(tiny_path):
         assert peak == pytest.approx(model, rel=0.05), tokens
 
 
+# The step the engine's memory_utilization pool is sized by (max_num_batched_tokens over
+# max_num_seqs sequences, logits for each): on CPU its activation peak is the model's.
+PROFILE_PROBE = """
+import json, sys
+from workbench.engine import LLMEngine, EngineConfig
+from workbench.engine.memory_profile import profile_step
+from workbench.engine.sizing import profile_batch
+from workbench.fit.memory_model import measure_peak
+eng = LLMEngine.from_pretrained(sys.argv[1], EngineConfig(dtype="float32", device="cpu",
+                                num_kv_blocks=1))
+lengths = profile_batch(eng.config, eng.max_model_len)
+peak = measure_peak(profile_step(eng.model, eng.model_config, eng.config, lengths))
+print(json.dumps([sum(lengths), len(lengths), peak]))
+"""
+
+
+@pytest.mark.skipif(not can_measure(), reason="needs Linux /proc/self/clear_refs")
+def test_activation_peak_of_the_profiling_step_matches_measurement(tiny_path):
+    from workbench.models.config import ModelConfig
+
+    out = subprocess.run([sys.executable, "-c", PROFILE_PROBE, str(tiny_path)],
+                         capture_output=True, text=True, check=True, env=os.environ.copy(),
+                         timeout=300)
+    tokens, seqs, peak = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (tokens, seqs) == (2048, 32)
+    cfg = ModelConfig.from_dir(tiny_path)
+    model = activation_peak_bytes(cfg.hidden_size, cfg.intermediate_size, tokens, 4, seqs,
+                                  cfg.vocab_size)
+    assert peak == pytest.approx(model, rel=0.05)
+
+
 def test_activation_formula_by_hand():
     # small preset: hidden 768, intermediate 2048, fp32: (3*768 + 4*2048) * 4 B per token
     assert activation_peak_bytes(768, 2048, 1000, 4) == 1000 * 10496 * 4

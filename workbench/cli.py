@@ -163,13 +163,21 @@ def serve(
     max_num_seqs: int = 32,
     block_size: int = 16,
     num_kv_blocks: int | None = None,
+    memory_utilization: Annotated[float | None, typer.Option(
+        help="Share of memory (device total, or --memory-budget) the engine may use; the KV "
+             "cache gets what weights and activations leave.")] = None,
+    memory_budget: Annotated[int | None, typer.Option(
+        help="Bytes --memory-utilization takes a share of (default: device / host total).")]
+    = None,
 ):
-    """OpenAI-compatible server: POST /v1/completions (SSE), GET /v1/models, GET /health."""
+    """OpenAI-compatible server: POST /v1/completions (SSE), GET /v1/models, GET /health.
+    Prints the engine's memory report to stderr at start."""
     from workbench.engine import EngineConfig
     from workbench.server.app import serve as run_server
 
     config = EngineConfig(dtype=dtype, max_num_seqs=max_num_seqs, block_size=block_size,
-                          num_kv_blocks=num_kv_blocks)
+                          num_kv_blocks=num_kv_blocks, memory_utilization=memory_utilization,
+                          memory_budget=memory_budget)
     try:  # host and port are checked (and bound) before the model loads
         run_server(model, host, port, config)
     except KeyboardInterrupt:  # Ctrl-C while loading or after a graceful stop: no traceback
@@ -188,17 +196,43 @@ def profile(
     progress: bool = True,
 ):
     """Designed profiling sweep of the engine; print the run directory (steps.parquet)."""
-    import yaml
-
     from workbench.fit.profile import profile_model
 
+    typer.echo(profile_model(model, _engine_settings(set_), out, hardware, seed, progress))
+
+
+@app.command()
+@user_errors
+def memory(
+    model: Annotated[str, typer.Option(help="Preset or checkpoint dir.")] = "tiny",
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="EngineConfig field=value (repeatable), e.g. memory_utilization=0.5")]
+    = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Build the engine and print where its memory went: weights, activation peak, other,
+    KV cache (blocks, concurrent tokens, concurrency). `plan memory` is the analytic forecast
+    for catalog GPUs; this is the engine at hand."""
+    import json
+
+    from workbench.engine import EngineConfig, LLMEngine
+
+    engine = LLMEngine.from_pretrained(model, EngineConfig.from_dict(_engine_settings(set_)))
+    report = engine.memory_report()
+    typer.echo(json.dumps(report.as_dict(), indent=2) if json_out else str(report))
+
+
+def _engine_settings(items: list[str] | None) -> dict:
+    """--set field=value pairs -> EngineConfig fields (values parsed as YAML scalars)."""
+    import yaml
+
     config = {}
-    for item in set_ or []:
+    for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: expected field=value")
         config[key] = yaml.safe_load(raw)
-    typer.echo(profile_model(model, config, out, hardware, seed, progress))
+    return config
 
 
 @app.command()

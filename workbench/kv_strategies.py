@@ -35,6 +35,13 @@ class Comparison:
         lines += [f"{name}: {value:.2f}x" for name, value in self.ratios.items()]
         return "\n".join(lines + self.notes)
 
+    def _repr_html_(self) -> str:  # how a notebook shows it
+        from html import escape
+
+        ratios = "".join(f"<li>{escape(k)}: <b>{v:.2f}x</b></li>" for k, v in self.ratios.items())
+        return (f"<p><b>{escape(self.title)}</b>: {escape(self.workload)}</p>"
+                + self.table.to_html(float_format=_fmt) + f"<ul>{ratios}</ul>")
+
 
 def _fmt(x: float) -> str:
     return f"{x:,.3f}" if abs(x) < 10 else f"{x:,.1f}"

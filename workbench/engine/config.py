@@ -12,8 +12,15 @@ class EngineConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda
     block_size: int = 16
-    num_kv_blocks: int | None = None  # explicit pool size wins over kv_cache_memory
-    kv_cache_memory: int | None = None  # bytes for K/V of all layers
+    # The KV pool, first that is set (workbench.engine.sizing): a block count, bytes for K/V
+    # of all layers, or a share of the memory (vLLM's gpu_memory_utilization); else room for
+    # max_num_seqs full-length sequences within a default share of free memory.
+    num_kv_blocks: int | None = None
+    kv_cache_memory: int | None = None
+    memory_utilization: float | None = None  # share in (0, 1] of the total below
+    # Bytes memory_utilization takes a share of. Default: the device's total memory (CUDA) or
+    # the host's (CPU), less what others use of it; a budget is the engine's own, all of it.
+    memory_budget: int | None = None
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # None = the model's max_position_embeddings
@@ -32,9 +39,20 @@ class EngineConfig:
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             _positive_int(name, getattr(self, name))
-        for name in ("num_kv_blocks", "kv_cache_memory", "max_model_len", "swap_space"):
+        for name in ("num_kv_blocks", "kv_cache_memory", "memory_budget", "max_model_len",
+                     "swap_space"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        share = self.memory_utilization
+        if share is not None and (isinstance(share, bool) or not isinstance(share, int | float)
+                                  or not 0 < share <= 1):
+            raise ValueError(f"memory_utilization: must be a number in (0, 1], the share of "
+                             f"the memory the engine may use (e.g. 0.9); got {share!r}")
+        if self.memory_budget is not None and share is None:
+            # A budget alone would be silently ignored: the default pool does not use it.
+            raise ValueError("memory_budget: is the total that memory_utilization takes a "
+                             "share of; set memory_utilization too (e.g. 0.9, or 1.0 for all "
+                             "of the budget)")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype: must be one of auto, float32, bfloat16, float16; "
                              f"got {self.dtype!r}")

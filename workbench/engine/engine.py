@@ -10,18 +10,21 @@ from collections.abc import Callable, Iterator
 from workbench.engine.block_manager import BlockManager
 from workbench.engine.config import EngineConfig
 from workbench.engine.detokenizer import IncrementalDetokenizer
-from workbench.engine.kv_cache import (
-    allocate_kv_cache,
-    allocate_swap_space,
-    copy_blocks,
-    free_memory,
-)
+from workbench.engine.kv_cache import allocate_kv_cache, allocate_swap_space, copy_blocks
+from workbench.engine.memory_profile import measure_device_memory
+from workbench.engine.memory_report import MemoryReport, memory_report
 from workbench.engine.outputs import RequestMetrics, RequestOutput
 from workbench.engine.runner import ModelRunner
 from workbench.engine.sampling_params import SamplingParams, require_utf8
 from workbench.engine.scheduler import Scheduler
 from workbench.engine.sequence import Sequence
-from workbench.engine.sizing import ModelFacts, default_kv_budget, size_engine, uses_memory_budget
+from workbench.engine.sizing import (
+    ModelFacts,
+    default_kv_budget,
+    effective_max_len,
+    pool_rule,
+    size_engine,
+)
 from workbench.engine.telemetry import StepRecord, step_record
 from workbench.progress import progress_bar
 
@@ -37,12 +40,18 @@ class LLMEngine:
         self.clock = clock
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
-        budget = (default_kv_budget(free_memory(self.device)) if uses_memory_budget(config)
-                  else None)
-        facts = ModelFacts(model_config.kv_bytes_per_token(self.dtype.itemsize),
-                           model_config.max_position_embeddings, model_config.eos_token_ids,
-                           budget, model_config.sliding_window)
-        sizing = size_engine(config, facts)
+        rule = pool_rule(config)
+        # Measured before the KV cache exists; the profiling step runs only where it sizes
+        # the pool (memory_utilization on CUDA), the rest is a few cheap reads.
+        max_len = effective_max_len(config, model_config.max_position_embeddings)
+        memory = measure_device_memory(model, model_config, config, max_len,
+                                       measure_activation=rule == "memory_utilization")
+        budget = default_kv_budget(memory.available_bytes) if rule == "default" else None
+        self._facts = ModelFacts(model_config.kv_bytes_per_token(self.dtype.itemsize),
+                                 model_config.max_position_embeddings,
+                                 model_config.eos_token_ids, budget, memory,
+                                 model_config.sliding_window)
+        self._sizing = sizing = size_engine(config, self._facts)
         self.max_model_len = sizing.scheduler.max_model_len
         self.num_kv_blocks = sizing.num_kv_blocks
         self.kv_caches = allocate_kv_cache(model_config, self.num_kv_blocks, config.block_size,
@@ -66,6 +75,11 @@ class LLMEngine:
         config = config or EngineConfig()
         net, cfg, path = load_model(model, config.dtype, config.device, config.max_model_len)
         return cls(net, cfg, load_tokenizer(path), config, path, **kwargs)
+
+    def memory_report(self) -> MemoryReport:
+        """Where memory went at start: weights, activation peak, other, KV cache, what is left;
+        blocks, concurrent tokens and concurrency (vLLM's start-up log, as data)."""
+        return memory_report(self.config, self._facts, self._sizing, str(self.device))
 
     # -- requests ----------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:

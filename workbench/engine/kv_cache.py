@@ -1,20 +1,14 @@
-"""The K/V tensors behind the block manager's pages, and the free memory a default pool sizes by.
+"""The K/V tensors behind the block manager's pages.
 
-How many blocks the pool holds is decided in `sizing.size_engine`, with the simulator.
+How many blocks the pool holds is decided in `sizing.size_engine`, with the simulator, from
+the memory `memory_profile.measure_device_memory` reads.
 """
 
 from __future__ import annotations
 
 import torch
 
-from workbench.engine.sizing import host_memory_available
 from workbench.models.config import ModelConfig
-
-
-def free_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return host_memory_available()
 
 
 def allocate_kv_cache(cfg: ModelConfig, num_blocks: int, block_size: int, dtype, device):

@@ -40,11 +40,11 @@ def fit_from_runs(run_dirs: list[str | Path], seed: int = 0) -> StepTimeModel:
 def describe_fit_target(target: dict) -> tuple[dict, dict]:
     """A run manifest's engine description -> the fit's `model` and `engine` dicts: what the
     simulator sizes its replicas from (`sizing.ModelFacts.from_step_model`), the recorded pool
-    `num_kv_blocks` included."""
+    `num_kv_blocks` and memory report (for memory_utilization) included."""
     model = {k: target.get(k) for k in ("path", "architecture", "hidden_size", "num_layers",
                                         "weight_bytes", "kv_bytes_per_token", "max_model_len",
                                         "vocab_size", "eos_token_ids", "num_kv_blocks",
-                                        "sliding_window")}
+                                        "memory_report", "sliding_window")}
     model["name"] = target["model"]
     engine = {"dtype": target["dtype"], "device": target["device"],
               "block_size": target["engine_config"]["block_size"], "kv_cache_dtype": "auto",

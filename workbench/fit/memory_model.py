@@ -33,11 +33,8 @@ def can_measure() -> bool:
 
 
 def measure_step_peak(engine, batched_tokens: int, repeats: int = 3) -> int | None:
-    """Peak memory above the resting state during one prefill step of `batched_tokens` tokens,
-    on CPU: reset the process's high-water mark (/proc/self/clear_refs), run the step, read
-    VmHWM. While measuring, large blocks are mmapped (glibc M_MMAP_THRESHOLD fixed at 64 KiB)
-    so that memory freed by one step is returned and the next step's peak shows; see
-    `restore_allocator` for afterwards. None where not measurable."""
+    """Peak memory above the resting state during one prefill step of `batched_tokens` tokens
+    (see `measure_peak`); None where not measurable (not CPU, not Linux)."""
     if engine.device.type != "cpu" or not can_measure():
         return None
     from workbench.engine.sampling_params import SamplingParams
@@ -45,8 +42,6 @@ def measure_step_peak(engine, batched_tokens: int, repeats: int = 3) -> int | No
     from workbench.engine.sequence import Sequence
     from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
 
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
     vocab = engine.model_config.vocab_size
     first = FIRST_ORDINARY_TOKEN_ID
     ids = [first + i % (vocab - first) for i in range(batched_tokens)]
@@ -54,16 +49,28 @@ def measure_step_peak(engine, batched_tokens: int, repeats: int = 3) -> int | No
     engine.block_manager.allocate(seq, len(ids))
     step = [ScheduledSeq(seq, len(ids), True, False)]
     try:
-        engine.runner.execute(step)  # warm: first-touch allocations are not the step's
+        return measure_peak(lambda: engine.runner.execute(step), repeats)
+    finally:
+        engine.block_manager.free(seq)
+
+
+def measure_peak(run, repeats: int = 3) -> int:
+    """Peak memory above the resting state while `run()` runs, on CPU (Linux): reset the
+    process's high-water mark (/proc/self/clear_refs), run, read VmHWM. While measuring, large
+    blocks are mmapped (glibc M_MMAP_THRESHOLD fixed at 64 KiB) so that memory freed by one
+    run is returned and the next run's peak shows; see `restore_allocator` for afterwards."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+    try:
+        run()  # warm: first-touch allocations are not the step's
         peaks = []
         for _ in range(repeats):
             gc.collect()
             before = _status_bytes("VmRSS")
             Path("/proc/self/clear_refs").write_text("5")
-            engine.runner.execute(step)
+            run()
             peaks.append(_status_bytes("VmHWM") - before)
     finally:
-        engine.block_manager.free(seq)
         restore_allocator(libc)
     # The median: one repeat that reads high (another allocation in the window) or low (a
     # block reused from memory still resident) does not set the figure.

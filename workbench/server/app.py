@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
@@ -262,6 +263,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, engine_config=N
     sock = listen_socket(host, port)
     try:
         engine = LLMEngine.from_pretrained(model, engine_config or EngineConfig())
+        print(engine.memory_report(), file=sys.stderr, flush=True)  # as vLLM logs it at start
         aliases = {str(model)}
         if engine.model_path is not None:
             aliases |= {str(engine.model_path), str(Path(engine.model_path).resolve())}

@@ -93,6 +93,8 @@ def describe_engine(engine, name: str) -> dict:
         "engine_config": asdict(engine.config),
         "dtype": str(engine.dtype).replace("torch.", ""),
         "device": str(engine.device), "num_kv_blocks": engine.num_kv_blocks,
+        # Where memory went; a simulation sizes memory_utilization from it.
+        "memory_report": engine.memory_report().as_dict(),
     }
 
 
