@@ -331,6 +331,11 @@ def kv_cache_text(run) -> str:
                  f"({swapped} swapped to host memory, {preempted - swapped} recomputed).")
     else:
         text += " No request was preempted."
+    if target.get("memory_report"):
+        from workbench.engine.memory_report import report_from_record
+
+        text += ("\n\nWhere the engine's memory went at start (`workbench memory` prints the "
+                 f"same):\n\n```\n{report_from_record(target['memory_report'])}\n```")
     return text
 
 

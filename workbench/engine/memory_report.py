@@ -45,6 +45,7 @@ class MemoryReport:
     block_size: int
     num_blocks: int
     max_model_len: int
+    num_swap_blocks: int = 0  # host blocks for swap preemption (host memory, not counted above)
 
     @property
     def share(self) -> float:
@@ -95,7 +96,9 @@ class MemoryReport:
             f"{self.max_concurrent_tokens:,}",
             f"maximum concurrency for {self.max_model_len:,} tokens per request: "
             f"{self.max_concurrency:.2f}x",
-        ]
+        ] + ([f"swap space: {self.num_swap_blocks:,} blocks of host memory "
+              f"({b(self.num_swap_blocks * self.block_size * self.kv_bytes_per_token)})"]
+             if self.num_swap_blocks else [])
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
@@ -109,6 +112,12 @@ class MemoryReport:
             "max_concurrency": self.max_concurrency, "left_bytes": self.left_bytes}
 
 
+def report_from_record(record: dict) -> MemoryReport:
+    """A report back from `as_dict()` (a run manifest's `target.memory_report`)."""
+    fields = {k: v for k, v in record.items() if k in MemoryReport.__slots__}
+    return MemoryReport(**fields | {"memory": DeviceMemory.from_record(record["memory"])})
+
+
 def memory_report(config: EngineConfig, facts: ModelFacts, sizing: EngineSizing,
                   device: str) -> MemoryReport:
     """The report for a pool `size_engine(config, facts)` sized; facts.memory must be known."""
@@ -117,4 +126,5 @@ def memory_report(config: EngineConfig, facts: ModelFacts, sizing: EngineSizing,
     total, other, source = memory_total(config, facts.memory)
     return MemoryReport(device, pool_rule(config), facts.memory, total, source,
                         config.memory_utilization, other, facts.kv_bytes_per_token,
-                        config.block_size, sizing.num_kv_blocks, sizing.scheduler.max_model_len)
+                        config.block_size, sizing.num_kv_blocks, sizing.scheduler.max_model_len,
+                        sizing.num_swap_blocks)

@@ -36,7 +36,7 @@ class LeastOutstanding:
 
 
 class LeastKV:
-    """Lowest KV-pool occupancy, counting what waiting requests will need for their prompts."""
+    """Lowest KV-pool occupancy, counting what waiting (and swapped-out) requests will need."""
 
     def __init__(self, seed: int = 0):
         pass
@@ -44,7 +44,8 @@ class LeastKV:
     def choose(self, replicas, spec) -> int:
         def load(r) -> float:
             bm = r.block_manager
-            queued = sum(bm.blocks_for(s.num_tokens) for s in r.scheduler.waiting)
+            queued = sum(bm.blocks_for(s.num_tokens)
+                         for s in (*r.scheduler.waiting, *r.scheduler.swapped))
             return (bm.num_used_blocks + queued) / bm.num_blocks
 
         return min(range(len(replicas)), key=lambda i: load(replicas[i]))
