@@ -163,13 +163,14 @@ def serve(
     max_num_seqs: int = 32,
     block_size: int = 16,
     num_kv_blocks: int | None = None,
+    kv_cache_dtype: Annotated[str, typer.Option(help="auto | int8 | fp8_e4m3")] = "auto",
 ):
     """OpenAI-compatible server: POST /v1/completions (SSE), GET /v1/models, GET /health."""
     from workbench.engine import EngineConfig
     from workbench.server.app import serve as run_server
 
     config = EngineConfig(dtype=dtype, max_num_seqs=max_num_seqs, block_size=block_size,
-                          num_kv_blocks=num_kv_blocks)
+                          num_kv_blocks=num_kv_blocks, kv_cache_dtype=kv_cache_dtype)
     try:  # host and port are checked (and bound) before the model loads
         run_server(model, host, port, config)
     except KeyboardInterrupt:  # Ctrl-C while loading or after a graceful stop: no traceback

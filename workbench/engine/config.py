@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workbench.engine.kv_dtype import check_kv_cache_dtype
+
 
 @dataclass(slots=True)
 class EngineConfig:
@@ -21,6 +23,8 @@ class EngineConfig:
     # Reuse the K/V of prompt prefixes computed before (vLLM's default since V1).
     enable_prefix_caching: bool = True
     seed: int = 0  # for requests that sample without a seed of their own
+    # How K/V are stored: auto (the model's dtype) | int8 | fp8_e4m3 (see engine.kv_dtype).
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -33,6 +37,7 @@ class EngineConfig:
                              f"got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: must be one of auto, cpu, cuda; got {self.device!r}")
+        check_kv_cache_dtype(self.kv_cache_dtype)
 
     @classmethod
     def from_dict(cls, values: dict) -> EngineConfig:

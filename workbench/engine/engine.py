@@ -34,14 +34,17 @@ class LLMEngine:
         self.dtype, self.device = param.dtype, param.device
         budget = (default_kv_budget(free_memory(self.device)) if uses_memory_budget(config)
                   else None)
-        facts = ModelFacts(model_config.kv_bytes_per_token(self.dtype.itemsize),
-                           model_config.max_position_embeddings, model_config.eos_token_ids,
-                           budget)
+        self.kv_cache_dtype = config.kv_cache_dtype
+        # K and V of every layer for one token, quantization scales included.
+        self.kv_bytes_per_token = model_config.kv_bytes_per_token(self.dtype.itemsize,
+                                                                   self.kv_cache_dtype)
+        facts = ModelFacts(self.kv_bytes_per_token, model_config.max_position_embeddings,
+                           model_config.eos_token_ids, budget)
         sizing = size_engine(config, facts)
         self.max_model_len = sizing.scheduler.max_model_len
         self.num_kv_blocks = sizing.num_kv_blocks
         self.kv_caches = allocate_kv_cache(model_config, self.num_kv_blocks, config.block_size,
-                                           self.dtype, self.device)
+                                           self.dtype, self.device, self.kv_cache_dtype)
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size)
         self.scheduler = Scheduler(sizing.scheduler, self.block_manager)
         self.runner = ModelRunner(model, self.kv_caches, config.block_size, config.seed)

@@ -46,6 +46,8 @@ def describe_fit_target(target: dict) -> tuple[dict, dict]:
                                         "vocab_size", "eos_token_ids", "num_kv_blocks")}
     model["name"] = target["model"]
     engine = {"dtype": target["dtype"], "device": target["device"],
-              "block_size": target["engine_config"]["block_size"], "kv_cache_dtype": "auto",
+              "block_size": target["engine_config"]["block_size"],
+              # Runs recorded before quantized KV existed stored K/V in the model's dtype.
+              "kv_cache_dtype": target["engine_config"].get("kv_cache_dtype", "auto"),
               "quantization": "none"}
     return model, engine
