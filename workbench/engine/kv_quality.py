@@ -36,12 +36,16 @@ class KVQuality:
     model: str
     dtype: str  # the model's (and the reference KV's) dtype
     kv_cache_dtype: str
+    step_budget: int  # the tested engine's max_num_batched_tokens
     kv_bytes_per_token: int
     reference_kv_bytes_per_token: int
     positions: int  # forced positions compared
     top1_agreement: float
     mean_kl: float  # nats
     max_kl: float
+    # The widest reference top-1 minus top-2 logit gap at a position whose argmax changed
+    # (0 when none did): how near a tie the changed predictions were.
+    max_flipped_margin: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,24 +90,35 @@ def teacher_forced_logits(engine, prompts: list[list[int]],
 
 def compare_logits(reference: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor,
                                                                           torch.Tensor]:
-    """Per row: whether the argmaxes agree, and KL(reference || other) in nats."""
+    """Per row: whether the argmaxes agree, and KL(reference || other) in nats (rounding can
+    leave a KL of ~0 a hair below zero: it is clamped there)."""
     ref_log, other_log = reference.float().log_softmax(-1), other.float().log_softmax(-1)
-    kl = (ref_log.exp() * (ref_log - other_log)).sum(-1)
+    kl = (ref_log.exp() * (ref_log - other_log)).sum(-1).clamp_min(0.0)
     return reference.argmax(-1) == other.argmax(-1), kl
 
 
-def measure_kv_quality(model: str = "tiny", kv_cache_dtype: str = "int8", dtype: str = "auto",
-                       seed: int = 0, num_prompts: int = 16, new_tokens: int = 32,
-                       block_size: int = 16, max_num_batched_tokens: int = 512,
-                       tested_step_budget: int | None = None, device: str = "cpu",
-                       loaded=None) -> KVQuality:
-    """Top-1 agreement and KL of `kv_cache_dtype` against full-precision KV (see the module).
+NOISE_FLOOR = ("auto", 64)  # full-precision KV, 64-token steps: other chunks, same KV
 
+
+def measure_kv_quality(model: str = "tiny", kv_cache_dtype: str = "int8", dtype: str = "auto",
+                       **kwargs) -> KVQuality:
+    """Top-1 agreement and KL of `kv_cache_dtype` against full-precision KV (see the module);
+    keyword arguments as `compare_kv_dtypes`."""
+    return compare_kv_dtypes(model, [kv_cache_dtype], dtype, **kwargs)[0]
+
+
+def compare_kv_dtypes(model: str = "tiny", tested: list = ("int8", "fp8_e4m3"),
+                      dtype: str = "auto", seed: int = 0, num_prompts: int = 16,
+                      new_tokens: int = 32, block_size: int = 16,
+                      max_num_batched_tokens: int = 512, device: str = "cpu",
+                      loaded=None) -> list[KVQuality]:
+    """One KVQuality per entry of `tested` against one full-precision reference.
+
+    An entry is a kv_cache_dtype, or a (kv_cache_dtype, max_num_batched_tokens) pair to test
+    another step budget too (`NOISE_FLOOR` measures the model dtype's own noise).
     The workload: `num_prompts` seeded prompts of 16-192 tokens, `new_tokens` forced tokens
-    each, all submitted at once; a 512-token step budget chunks the longer prompts.
-    `tested_step_budget`: the tested engine's max_num_batched_tokens when it differs from the
-    reference's (kv_cache_dtype "auto" with another budget measures the noise floor).
-    `loaded`: a (model, config, tokenizer, path) from `load_model` to reuse."""
+    each, all submitted at once; the reference's 512-token step budget chunks the longer
+    prompts. `loaded`: a (model, config, tokenizer, path) from `load_model` to reuse."""
     from workbench.engine.engine import LLMEngine
     from workbench.models.loader import load_model, load_tokenizer
 
@@ -123,14 +138,18 @@ def measure_kv_quality(model: str = "tiny", kv_cache_dtype: str = "int8", dtype:
     greedy = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     forced = [o.token_ids for o in engine("auto").generate(prompts, greedy)]
     full = engine("auto")
-    quant = engine(kv_cache_dtype, tested_step_budget or max_num_batched_tokens)
-    agree, kls = [], []
-    for ref, got in zip(teacher_forced_logits(full, prompts, forced),
-                        teacher_forced_logits(quant, prompts, forced), strict=True):
-        same, kl = compare_logits(ref, got)
-        agree.append(same)
-        kls.append(kl)
-    agree_t, kl_t = torch.cat(agree), torch.cat(kls)
-    return KVQuality(str(model), str(full.dtype).replace("torch.", ""), kv_cache_dtype,
-                     quant.kv_bytes_per_token, full.kv_bytes_per_token, agree_t.numel(),
-                     float(agree_t.float().mean()), float(kl_t.mean()), float(kl_t.max()))
+    reference = torch.cat(teacher_forced_logits(full, prompts, forced))
+    top2 = reference.topk(2, dim=-1).values
+    margins = top2[:, 0] - top2[:, 1]
+    results = []
+    for entry in tested:
+        kv, budget = (entry, max_num_batched_tokens) if isinstance(entry, str) else entry
+        other = engine(kv, budget)
+        same, kl = compare_logits(reference,
+                                  torch.cat(teacher_forced_logits(other, prompts, forced)))
+        results.append(KVQuality(
+            str(model), str(full.dtype).replace("torch.", ""), kv, budget,
+            other.kv_bytes_per_token, full.kv_bytes_per_token, same.numel(),
+            float(same.float().mean()), float(kl.mean()), float(kl.max()),
+            float(margins[~same].max()) if not same.all() else 0.0))
+    return results
