@@ -127,10 +127,12 @@ class Int8PagedKV(PagedKV):
         return tuple(read_back)
 
     def gather(self, blocks, buffers, key):
-        bufs = _buffers(buffers, key, lambda: tuple(
-            self._new(blocks, dtype) for dtype in (torch.int8, torch.int8, None, None))
-            + tuple(self._new(blocks, self.dtype, dims=3) for _ in range(2)))
-        qk, qv, out_k, out_v, sk, sv = bufs
+        def make():
+            return (self._new(blocks, torch.int8), self._new(blocks, torch.int8),
+                    self._new(blocks, dims=3), self._new(blocks, dims=3),  # their scales
+                    self._new(blocks), self._new(blocks))  # dequantized, the model's dtype
+
+        qk, qv, sk, sv, out_k, out_v = _buffers(buffers, key, make)
         for src, dst in ((self.k, qk), (self.v, qv), (self.k_scale, sk), (self.v_scale, sv)):
             torch.index_select(src, 0, blocks, out=dst)
         torch.mul(qk, sk.unsqueeze(-1), out=out_k)  # the product dequantize_int8 forms
@@ -161,9 +163,9 @@ class Fp8PagedKV(PagedKV):
         return tuple(read_back)
 
     def gather(self, blocks, buffers, key):
-        bufs = _buffers(buffers, key, lambda: tuple(
-            self._new(blocks, dtype) for dtype in (torch.uint8, torch.uint8, None, None)))
-        raw_k, raw_v, out_k, out_v = bufs
+        raw_k, raw_v, out_k, out_v = _buffers(buffers, key, lambda: (
+            self._new(blocks, torch.uint8), self._new(blocks, torch.uint8),
+            self._new(blocks), self._new(blocks)))
         for src, raw, out, scale in ((self.k, raw_k, out_k, self.k_scale),
                                      (self.v, raw_v, out_v, self.v_scale)):
             torch.index_select(src.view(torch.uint8), 0, blocks, out=raw)
