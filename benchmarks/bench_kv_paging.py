@@ -93,7 +93,7 @@ def main() -> None:
                 f"{args.repeats} repeats, medians")
     if args.only != "int8":
         budget = args.budget_tokens * probe.kv_bytes_per_token
-        print(f"{workload}\npaged vs contiguous, model dtype {probe.dtype}: KV budget "
+        print(f"{workload}\npaged vs contiguous, model dtype {str(probe.dtype)[6:]}: KV budget "
               f"{args.budget_tokens} tokens ({budget / 1e6:.1f} MB)")
         sides = {"paged (16-token blocks)": 16,
                  "contiguous (max_model_len each)": args.max_model_len}
