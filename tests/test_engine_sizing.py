@@ -41,10 +41,17 @@ def fit_of(engine) -> StepTimeModel:
     dict(max_model_len=256, max_num_seqs=4, block_size=32),
     dict(enable_chunked_prefill=False, max_model_len=512, max_num_batched_tokens=512),
     dict(memory_utilization=0.5, memory_budget=128 * 2**20),
-], ids=["blocks", "memory", "default", "max-len", "unchunked", "utilization"])
+    # Quantized KV: the fit records the engine's bytes per token (scales included) and format.
+    dict(kv_cache_memory=3_000_000, kv_cache_dtype="int8"),
+    dict(kv_cache_dtype="fp8_e4m3"),
+], ids=["blocks", "memory", "default", "max-len", "unchunked", "utilization", "int8-memory",
+        "fp8-default"])
 def test_simulator_sizes_replicas_like_the_engine(tiny_engine_factory, config):
     engine = tiny_engine_factory(**config)
-    replica = Replica(fit_of(engine), EngineConfig(device="cpu", **config))
+    fit = fit_of(engine)
+    assert fit.engine["kv_cache_dtype"] == engine.kv_cache_dtype
+    assert fit.model["kv_bytes_per_token"] == engine.kv_bytes_per_token
+    replica = Replica(fit, EngineConfig(device="cpu", **config))
     assert replica.block_manager.num_blocks == engine.num_kv_blocks
     assert replica.block_manager.block_size == engine.block_manager.block_size
     assert replica.scheduler.config == engine.scheduler.config

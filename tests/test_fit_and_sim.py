@@ -152,6 +152,29 @@ def test_fit_for_another_model_is_refused(tmp_path):
     assert len(warnings) == 2 and all(w.startswith("warning: ") for w in warnings)
 
 
+def test_fit_of_another_kv_cache_dtype_is_refused():
+    """A fit prices steps and sizes the pool for the KV format it measured; spellings of the
+    planner ("fp8", "bf16") and of EngineConfig ("fp8_e4m3", "auto") name the same formats."""
+    from types import SimpleNamespace
+
+    def target(kv):
+        return SimpleNamespace(model="tiny", engine={"kv_cache_dtype": kv})
+
+    def fit_with(kv):
+        return StepTimeModel(const_model(0.01).coefficients, MODEL, ENGINE | {
+            "kv_cache_dtype": kv})
+
+    with pytest.raises(ValueError, match="engine.kv_cache_dtype: the fit was measured with "
+                                         "'auto', the scenario asks for 'int8'"):
+        check_fit_matches(const_model(0.01), target("int8"), allow_mismatch=False)
+    int8_fit = fit_with("int8")
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        check_fit_matches(int8_fit, target("auto"), allow_mismatch=False)
+    check_fit_matches(int8_fit, target("int8"), allow_mismatch=False)
+    for have, want in [("fp8", "fp8_e4m3"), ("bf16", "auto"), ("int8", "int8")]:
+        check_fit_matches(fit_with(have), target(want), allow_mismatch=False)
+
+
 def test_profile_fit_simulate_end_to_end(tmp_path, tiny_path):
     from typer.testing import CliRunner
 

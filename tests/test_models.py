@@ -155,7 +155,7 @@ def test_bfloat16_engine_matches_transformers_in_bfloat16(tiny_path):
     eng = LLMEngine.from_pretrained(tiny_path, EngineConfig(
         dtype="bfloat16", device="cpu", block_size=4, num_kv_blocks=60,
         max_num_batched_tokens=64))
-    assert eng.kv_caches[0][0].dtype == torch.bfloat16
+    assert eng.kv_caches[0].k.dtype == torch.bfloat16
     assert eng.model.embed_tokens.weight.dtype == torch.bfloat16
     prompts, outputs = random_workload(5, 16, 4096, output_range=(16, 32))
     got = eng.generate(prompts, [SamplingParams(max_tokens=n, temperature=0) for n in outputs])

@@ -27,7 +27,7 @@ def test_analytic_bytes_match_engine_allocations(preset, dtype, precision):
     measured_w = eng.model.weight_bytes()
     assert weight_bytes(arch, precision) == pytest.approx(measured_w, rel=0.01)
     measured_kv = sum(t.numel() * t.element_size() for kv in eng.kv_caches for t in kv)
-    block_size = eng.kv_caches[0][0].shape[1]
+    block_size = eng.config.block_size
     analytic_kv = kv_bytes_per_token(arch, precision) * block_size * BLOCKS
     assert analytic_kv == pytest.approx(measured_kv, rel=0.01)
     # The preset route (no build) gives the same architecture as the checkpoint.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workbench.engine.kv_dtype import check_kv_cache_dtype
+
 PREEMPTION_MODES = ("recompute", "swap")
 
 
@@ -35,6 +37,8 @@ class EngineConfig:
     preemption_mode: str = "recompute"
     swap_space: int | None = None  # bytes of host memory for swapped K/V; None = the pool's size
     seed: int = 0  # for requests that sample without a seed of their own
+    # How K/V are stored: auto (the model's dtype) | int8 | fp8_e4m3 (see engine.kv_dtype).
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -61,6 +65,7 @@ class EngineConfig:
         if self.preemption_mode not in PREEMPTION_MODES:
             raise ValueError(f"preemption_mode: must be one of {', '.join(PREEMPTION_MODES)}; "
                              f"got {self.preemption_mode!r}")
+        check_kv_cache_dtype(self.kv_cache_dtype)
 
     @classmethod
     def from_dict(cls, values: dict) -> EngineConfig:

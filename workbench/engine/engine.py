@@ -47,16 +47,20 @@ class LLMEngine:
         memory = measure_device_memory(model, model_config, config, max_len,
                                        measure_activation=rule == "memory_utilization")
         budget = default_kv_budget(memory.available_bytes) if rule == "default" else None
-        self._facts = ModelFacts(model_config.kv_bytes_per_token(self.dtype.itemsize),
-                                 model_config.max_position_embeddings,
+        self.kv_cache_dtype = config.kv_cache_dtype
+        # K and V of every layer for one token, quantization scales included.
+        self.kv_bytes_per_token = model_config.kv_bytes_per_token(self.dtype.itemsize,
+                                                                   self.kv_cache_dtype)
+        self._facts = ModelFacts(self.kv_bytes_per_token, model_config.max_position_embeddings,
                                  model_config.eos_token_ids, budget, memory,
                                  model_config.sliding_window)
         self._sizing = sizing = size_engine(config, self._facts)
         self.max_model_len = sizing.scheduler.max_model_len
         self.num_kv_blocks = sizing.num_kv_blocks
         self.kv_caches = allocate_kv_cache(model_config, self.num_kv_blocks, config.block_size,
-                                           self.dtype, self.device)
+                                           self.dtype, self.device, self.kv_cache_dtype)
         self.swap_caches = allocate_swap_space(self.kv_caches, sizing.num_swap_blocks)
+        self._block_tensors = [layer.block_tensors() for layer in self.kv_caches]
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
                                           sizing.num_swap_blocks)
         self.scheduler = Scheduler(sizing.scheduler, self.block_manager)
@@ -134,8 +138,8 @@ class LLMEngine:
         t_start = self.clock()
         sched = self.scheduler.schedule(t_start)
         # Before the model runs: blocks swapped out this step may be written by it.
-        copy_blocks(self.kv_caches, self.swap_caches, sched.swap_out)
-        copy_blocks(self.swap_caches, self.kv_caches, sched.swap_in)
+        copy_blocks(self._block_tensors, self.swap_caches, sched.swap_out)
+        copy_blocks(self.swap_caches, self._block_tensors, sched.swap_in)
         if sched.is_empty:
             return []
         sampled = self.runner.execute(sched.scheduled)

@@ -26,6 +26,20 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSeq]) -> list[int | None]:
         """Run one step; return the sampled token per scheduled entry (None: mid-prefill)."""
+        sample_entries, logits = self.logits(scheduled)
+        result: list[int | None] = [None] * len(scheduled)
+        if sample_entries:
+            seqs = [scheduled[i].seq for i in sample_entries]
+            tokens = sample(logits, [s.params for s in seqs], [s.num_tokens for s in seqs],
+                            self.generator)
+            for i, tok in zip(sample_entries, tokens, strict=True):
+                result[i] = tok
+        return result
+
+    @torch.inference_mode()
+    def logits(self, scheduled: list[ScheduledSeq]) -> tuple[list[int], torch.Tensor | None]:
+        """Run the model over one step's batch, writing its K/V into the cache; return the
+        scheduled entries that sample and their next-token logits (one row each, fp32)."""
         decodes = [i for i, s in enumerate(scheduled) if s.num_tokens == 1]
         prefills = [i for i, s in enumerate(scheduled) if s.num_tokens > 1]
         order = decodes + prefills
@@ -64,15 +78,10 @@ class ModelRunner:
 
         hidden = self.model(torch.tensor(input_ids, device=dev),
                             torch.tensor(positions, device=dev), self.kv_caches, meta)
-        result: list[int | None] = [None] * len(scheduled)
-        if sample_rows:
-            logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)])
-            seqs = [scheduled[i].seq for i in sample_entries]
-            tokens = sample(logits, [s.params for s in seqs], [s.num_tokens for s in seqs],
-                            self.generator)
-            for i, tok in zip(sample_entries, tokens, strict=True):
-                result[i] = tok
-        return result
+        if not sample_rows:
+            return [], None
+        return sample_entries, self.model.compute_logits(
+            hidden[torch.tensor(sample_rows, device=dev)])
 
     def _decode_metadata(self, meta: AttentionMetadata, seqs) -> None:
         """Block tables padded to the longest context, and a mask hiding the padding."""

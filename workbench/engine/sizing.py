@@ -74,7 +74,7 @@ class DeviceMemory:
 class ModelFacts:
     """What sizing needs to know about a model (and the machine it runs on)."""
 
-    kv_bytes_per_token: int  # K and V of every layer, at the KV cache's dtype
+    kv_bytes_per_token: int  # K and V of every layer, scales included (engine.kv_dtype)
     max_model_len: int  # the model's own limit (max_position_embeddings)
     eos_token_ids: tuple[int, ...] = ()
     kv_budget: int | None = None  # bytes the default pool may take; None = no cap known

@@ -47,6 +47,8 @@ def describe_fit_target(target: dict) -> tuple[dict, dict]:
                                         "memory_report", "sliding_window")}
     model["name"] = target["model"]
     engine = {"dtype": target["dtype"], "device": target["device"],
-              "block_size": target["engine_config"]["block_size"], "kv_cache_dtype": "auto",
+              "block_size": target["engine_config"]["block_size"],
+              # Runs recorded before quantized KV existed stored K/V in the model's dtype.
+              "kv_cache_dtype": target["engine_config"].get("kv_cache_dtype", "auto"),
               "quantization": "none"}
     return model, engine

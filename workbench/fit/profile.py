@@ -122,12 +122,12 @@ def _memory_section(engine) -> dict:
     from workbench.fit.memory_model import activation_peak_bytes, measure_step_peak
 
     cfg = engine.model_config
-    width = engine.kv_caches[0][0].element_size()
+    width = engine.dtype.itemsize  # activations run in the model's dtype, whatever the KV's
     sizes = [t for t in (256, 1024, 2048) if t <= engine.config.max_num_batched_tokens
              and t < engine.max_model_len]
     return {
         "weight_bytes": engine.model.weight_bytes(),
-        "kv_bytes_per_token": cfg.kv_bytes_per_token(width),
+        "kv_bytes_per_token": engine.kv_bytes_per_token,
         "activation_bytes_per_token": activation_peak_bytes(
             cfg.hidden_size, cfg.intermediate_size, 1, width),
         "activation_peak_measured": {str(t): measure_step_peak(engine, t) for t in sizes},

@@ -4,6 +4,13 @@ The runner lays the batch out as [decode tokens..., prefill chunk 1..., prefill 
 Decode tokens are attended in one batched SDPA call over their gathered blocks (padding masked
 out); each prefill chunk gets its own call, since chunks differ in length. Gathers go into
 buffers allocated once per step and reused by every layer.
+
+The layer's cache (engine.kv_cache) owns the storage format: `write` stores new K/V
+(quantizing them for int8 / fp8) and `gather` returns blocks in the model's dtype. A prefill
+chunk that attends only to itself uses the K/V as `write` reads them back, i.e. dequantized
+when the cache is quantized (vLLM attends such chunks over the fresh, unquantized K/V): then
+a prompt's logits do not depend on how it was chunked, preempted or found in the prefix
+cache, since every query sees the same stored K/V.
 """
 
 from __future__ import annotations
@@ -37,20 +44,19 @@ def paged_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    kv_cache,
     meta: AttentionMetadata,
 ) -> torch.Tensor:
-    """q: [T, H, D]; k, v: [T, KVH, D]; caches: [num_blocks, block_size, KVH, D] -> [T, H, D]."""
-    num_blocks, block_size, kv_heads, head_dim = k_cache.shape
-    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
-    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+    """q: [T, H, D]; k, v: [T, KVH, D]; kv_cache: one layer's pages, shape [num_blocks,
+    block_size, KVH, D] -> [T, H, D]."""
+    num_blocks, block_size, kv_heads, head_dim = kv_cache.shape
+    k, v = kv_cache.write(meta.slot_mapping, k, v)
     out = torch.empty_like(q)
 
     b = meta.num_decode
     if b:
         tables = meta.decode_block_tables
-        keys, values = _gather(k_cache, v_cache, tables.reshape(-1), meta.buffers, "decode")
+        keys, values = kv_cache.gather(tables.reshape(-1), meta.buffers, "decode")
         keys = keys.view(b, -1, kv_heads, head_dim).transpose(1, 2)
         values = values.view(b, -1, kv_heads, head_dim).transpose(1, 2)
         dec = F.scaled_dot_product_attention(
@@ -64,7 +70,7 @@ def paged_attention(
         if chunk.block_table is None:
             kc, vc = k[s : s + n], v[s : s + n]
         else:
-            kc, vc = _gather(k_cache, v_cache, chunk.block_table, meta.buffers, i)
+            kc, vc = kv_cache.gather(chunk.block_table, meta.buffers, i)
             kc = kc.view(-1, kv_heads, head_dim)[: chunk.context_len]
             vc = vc.view(-1, kv_heads, head_dim)[: chunk.context_len]
         kc = kc.transpose(0, 1).unsqueeze(0)
@@ -75,13 +81,3 @@ def paged_attention(
         out[s : s + n] = res.squeeze(0).transpose(0, 1)
     return out
 
-
-def _gather(k_cache, v_cache, blocks: torch.Tensor, buffers: dict, key):
-    """index_select whole blocks into per-step buffers: allocating anew per layer is far slower."""
-    shape = (blocks.numel(), *k_cache.shape[1:])
-    if key not in buffers:
-        buffers[key] = (k_cache.new_empty(shape), v_cache.new_empty(shape))
-    kb, vb = buffers[key]
-    torch.index_select(k_cache, 0, blocks, out=kb)
-    torch.index_select(v_cache, 0, blocks, out=vb)
-    return kb, vb

@@ -100,9 +100,13 @@ class ModelConfig:
             cfg["eos_token_id"] = list(own) + [t for t in extra if t not in own]
         return cls.from_dict(cfg)
 
-    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
-        """K and V for every layer: 2 x layers x KV heads x head dim x bytes."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+    def kv_bytes_per_token(self, dtype_bytes: int, kv_cache_dtype: str = "auto") -> int:
+        """K and V of every layer for one token, scales included, when the model runs in a
+        dtype of `dtype_bytes` and the cache stores `kv_cache_dtype` (see engine.kv_dtype)."""
+        from workbench.engine.kv_dtype import kv_bytes_per_token, kv_storage_bytes
+
+        return kv_bytes_per_token(self.num_layers, self.num_kv_heads, self.head_dim,
+                                  *kv_storage_bytes(kv_cache_dtype, dtype_bytes))
 
 
 def _as_ids(value) -> tuple[int, ...]:

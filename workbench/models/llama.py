@@ -47,7 +47,7 @@ class Attention(nn.Module):
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.view(t, self.num_kv_heads, self.head_dim)
         q, k = self.rope(positions, q, k)
-        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta)
+        out = paged_attention(q, k, v, kv_cache, meta)
         return self.o_proj(out.view(t, self.q_size))
 
 

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from numbers import Integral
 
+from workbench.engine.kv_dtype import kv_bytes_per_token as engine_kv_bytes_per_token
 from workbench.plan.models_catalog import ModelArch
 
 # Storage bits of one linear-layer weight, before per-channel / per-group scale overhead.
@@ -136,14 +137,20 @@ def kv_dtype_for(precision: str, kv_dtype: str = "auto") -> str:
 
 
 def kv_bytes_per_token(m: ModelArch, kv_dtype: str = "fp16", tp: int = 1) -> int:
-    """2 (K and V) x layers x KV heads x head dim x bytes, on one GPU of a TP group.
+    """2 (K and V) x layers x KV heads x head dim x bytes, on one GPU of a TP group: the
+    engine's formula (workbench.engine.kv_dtype), with no per-token scales.
 
+    fp8 is the engine's fp8_e4m3 byte for byte (scales per layer and head, as vLLM's per-tensor
+    k/v scales). int8 is priced as the GPU frameworks store it, one byte per value under a
+    per-tensor scale (TensorRT-LLM's INT8 KV cache): the planner sizes GPU deployments. The
+    engine's int8 adds a per-token, per-head scale in the model dtype instead (no calibration
+    step): 2 more bytes per head per token in 16-bit, ~3% of a 64-dim head's bytes.
     With tp > KV heads each GPU still holds one KV head (they are replicated, not split).
     """
     _check_tp(m, tp)
     heads = math.ceil(m.num_kv_heads / tp)
-    return 2 * m.num_layers * heads * m.head_dim * KV_BYTES[canonical_precision(
-        kv_dtype, "kv_dtype", KV_BYTES)]
+    value_bytes = KV_BYTES[canonical_precision(kv_dtype, "kv_dtype", KV_BYTES)]
+    return engine_kv_bytes_per_token(m.num_layers, heads, m.head_dim, value_bytes)
 
 
 def kv_tokens_held(m: ModelArch, context: int) -> int:

@@ -221,11 +221,25 @@ def check_fit_matches(step_model, target, allow_mismatch: bool, log=print) -> No
     for key in ("dtype", "kv_cache_dtype", "quantization"):  # what changes step cost
         want = target.engine.get(key)
         have = step_model.engine.get(key)
-        if want is not None and have is not None and str(want) != str(have) and not (
-                key == "dtype" and want == "auto"):
+        if want is not None and have is not None and _spelled(key, want) != _spelled(
+                key, have) and not (key == "dtype" and want == "auto"):
             problems.append(f"engine.{key}: the fit was measured with {have!r}, the scenario "
                             f"asks for {want!r}")
     if problems and not allow_mismatch:
         raise ValueError("; ".join(problems) + " (use --allow-mismatch to simulate anyway)")
     for p in problems:
         log(f"warning: {p}")
+
+
+def _spelled(key: str, value) -> str:
+    """One spelling per KV dtype: a roofline model names them as the planner does ("fp8",
+    "bf16" for an unquantized cache), an engine fit as EngineConfig does ("fp8_e4m3", "auto")."""
+    if key != "kv_cache_dtype":
+        return str(value)
+    from workbench.plan.memory import KV_BYTES, canonical_precision
+
+    try:
+        p = canonical_precision(str(value), key, KV_BYTES)
+    except ValueError:
+        return str(value)
+    return "auto" if p in ("fp32", "bf16", "fp16") else p

@@ -86,7 +86,7 @@ def describe_engine(engine, name: str) -> dict:
         "model": str(name), "path": str(engine.model_path), "architecture": cfg.architecture,
         "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
         "weight_bytes": engine.model.weight_bytes(),
-        "kv_bytes_per_token": cfg.kv_bytes_per_token(engine.kv_caches[0][0].element_size()),
+        "kv_bytes_per_token": engine.kv_bytes_per_token, "kv_cache_dtype": engine.kv_cache_dtype,
         "max_model_len": cfg.max_position_embeddings, "vocab_size": cfg.vocab_size,
         "eos_token_ids": list(cfg.eos_token_ids), "sliding_window": cfg.sliding_window,
         "effective_max_model_len": engine.max_model_len,
