@@ -30,3 +30,19 @@ def test_sliding_window_holds_fewer_blocks_than_its_tokens_fill():
     row = c.table.iloc[0]
     assert row["blocks without freeing"] > row["blocks held"]
     assert row["preemptions"] == 0
+
+
+def test_paging_runs_more_sequences_than_a_contiguous_reservation_in_one_budget():
+    c = kv_strategies.paging("tiny", requests=8, max_model_len=512, budget_tokens=2048,
+                             repeats=1)
+    paged, contiguous = c.table.iloc[0], c.table.iloc[1]
+    assert paged["kv blocks"] == 128 and contiguous["kv blocks"] == 4
+    assert paged["max seqs"] > contiguous["max seqs"]
+
+
+def test_int8_kv_holds_more_blocks_and_sequences_in_one_budget():
+    c = kv_strategies.kv_precision("tiny", requests=8, budget_tokens=512, max_model_len=512,
+                                   repeats=1)
+    bf16, int8 = c.table.iloc[0], c.table.iloc[1]
+    assert 1.8 < int8["kv blocks"] / bf16["kv blocks"] < 2.0  # scales take the rest
+    assert int8["max seqs"] > bf16["max seqs"]

@@ -1,5 +1,6 @@
 """The engine's KV-memory strategies measured side by side: one home for the benchmarks
-(benchmarks/bench_*.py print these), notebook 03 and the design review.
+(benchmarks/bench_prefix_caching.py, bench_kv_paging.py, bench_preemption.py print these) and
+notebook 03.
 
 Each comparison builds one seeded workload, runs it on a fresh engine per side, sides rotating
 between repeats so the machine's drift favours none, checks that every side produced the same
@@ -28,12 +29,11 @@ class Comparison:
     workload: str  # what ran, with the seed: enough to reproduce it
     table: object  # pandas DataFrame, one row per side (medians over repeats)
     ratios: dict[str, float]  # the headline ratios between sides
-    notes: list[str]
 
     def __str__(self) -> str:
         lines = [f"{self.title}: {self.workload}", self.table.to_string(float_format=_fmt)]
         lines += [f"{name}: {value:.2f}x" for name, value in self.ratios.items()]
-        return "\n".join(lines + self.notes)
+        return "\n".join(lines)
 
     def _repr_html_(self) -> str:  # how a notebook shows it
         from html import escape
@@ -79,6 +79,7 @@ def _measure(model: str, config: EngineConfig, work: Workload) -> dict:
         "TPOT p50 ms": 1e3 * float(np.percentile(tpot, 50)) if tpot else float("nan"),
         "TPOT p99 ms": 1e3 * float(np.percentile(tpot, 99)) if tpot else float("nan"),
         "output tok/s": sum(len(o.token_ids) for o in got) / wall,
+        "preemptions": int(steps.num_preempted.sum()),
         "swapped": int(steps.num_preempted_swap.sum()),
         "recomputed": int((steps.num_preempted - steps.num_preempted_swap).sum()),
         "blocks copied": int(steps.num_swap_blocks.sum()),
@@ -87,8 +88,10 @@ def _measure(model: str, config: EngineConfig, work: Workload) -> dict:
 
 
 def _compare(model: str, sides: dict[str, EngineConfig], work: Workload, repeats: int,
-             columns: list[str], progress: Callable[[str], None] | None = None):
-    """Medians per side over `repeats` rotations; raises if any side's outputs differ."""
+             columns: list[str], progress: Callable[[str], None] | None = None,
+             same_outputs: bool = True):
+    """Medians per side over `repeats` rotations; raises if any side's outputs differ (unless
+    the sides differ in precision: `same_outputs=False`)."""
     import pandas as pd
 
     if repeats < 1:
@@ -102,7 +105,8 @@ def _compare(model: str, sides: dict[str, EngineConfig], work: Workload, repeats
             runs[name].append(_measure(model, sides[name], work))
     reference = runs[names[0]][0]["_outputs"]
     for name, results in runs.items():
-        if any(x["_outputs"] != reference for x in results):
+        if any(x["_outputs"] != (reference if same_outputs else results[0]["_outputs"])
+               for x in results):
             raise RuntimeError(f"{name}: outputs differ from {names[0]}'s (greedy runs must match)")
     table = pd.DataFrame({n: {c: statistics.median(x[c] for x in runs[n]) for c in columns}
                           for n in names}).T
@@ -135,7 +139,74 @@ def prefix_caching(model: str = "tiny", requests: int = 64, prefix: int = 1024,
         f"medians of {repeats}", table,
         {"prefill tokens off / on": off["prefill tokens"] / on["prefill tokens"],
          "mean TTFT off / on (target >= 3x)": off["mean TTFT ms"] / on["mean TTFT ms"],
-         "throughput on / off": on["output tok/s"] / off["output tok/s"]}, [])
+         "throughput on / off": on["output tok/s"] / off["output tok/s"]})
+
+
+# -- paging and KV precision at one budget --------------------------------------------------------
+def _chat_batch(model: str, requests: int, seed: int) -> Workload:
+    """A mixed chat-like batch: prompts 32-256 tokens, outputs 16-128, all at once."""
+    rng = random.Random(seed)
+    return Workload(_random_prompts(rng, _vocab(model), requests, 32, 256),
+                    [rng.randint(16, 128) for _ in range(requests)])
+
+
+def _kv_bytes_per_token(model: str, dtype: str, kv_cache_dtype: str = "auto") -> int:
+    return LLMEngine.from_pretrained(model, EngineConfig(
+        num_kv_blocks=1, max_model_len=16, dtype=dtype, kv_cache_dtype=kv_cache_dtype)
+    ).kv_bytes_per_token
+
+
+CAPACITY_COLUMNS = ["kv blocks", "max seqs", "mean seqs", "output tok/s", "preemptions"]
+
+
+def paging(model: str = "tiny", requests: int = 64, max_model_len: int = 1024,
+           budget_tokens: int = 16384, repeats: int = 3, seed: int = 0,
+           progress=None) -> Comparison:
+    """Paged 16-token blocks vs a contiguous reservation of max_model_len per sequence (one
+    block of max_model_len: what a static KV cache amounts to), one `kv_cache_memory`."""
+    work = _chat_batch(model, requests, seed)
+    budget = budget_tokens * _kv_bytes_per_token(model, "auto")
+    common = dict(kv_cache_memory=budget, max_model_len=max_model_len, max_num_seqs=requests,
+                  enable_prefix_caching=False)
+    sides = {"paged (16-token blocks)": EngineConfig(block_size=16, **common),
+             "contiguous (max_model_len each)": EngineConfig(block_size=max_model_len,
+                                                             **common)}
+    table = _compare(model, sides, work, repeats, CAPACITY_COLUMNS, progress)
+    paged, contiguous = table.iloc[0], table.iloc[1]
+    return Comparison(
+        "Paged vs contiguous KV", f"model {model}, seed {seed}: {requests} requests at once, "
+        f"prompts 32-256, outputs 16-128, max_model_len {max_model_len}, one KV budget of "
+        f"{budget_tokens:,} tokens ({budget / 1e6:.1f} MB); medians of {repeats}", table,
+        {"most sequences paged / contiguous (target >= 3x)":
+         paged["max seqs"] / contiguous["max seqs"],
+         "mean sequences paged / contiguous": paged["mean seqs"] / contiguous["mean seqs"],
+         "throughput paged / contiguous": paged["output tok/s"] / contiguous["output tok/s"]})
+
+
+def kv_precision(model: str = "tiny", requests: int = 64, budget_tokens: int = 4096,
+                 repeats: int = 3, seed: int = 0, max_model_len: int = 1024,
+                 progress=None) -> Comparison:
+    """The model in bfloat16, paged, one `kv_cache_memory` worth `budget_tokens` of bf16 KV
+    (small enough that memory, not the request count, bounds the batch): bf16 K/V vs int8
+    K/V (plus a bf16 scale per token and head). Outputs differ (int8 changes predictions near
+    ties: see workbench.engine.kv_quality), so only each side's repeats are checked equal."""
+    work = _chat_batch(model, requests, seed)
+    budget = budget_tokens * _kv_bytes_per_token(model, "bfloat16")
+    sides = {f"{name} KV": EngineConfig(
+        dtype="bfloat16", kv_cache_memory=budget, max_num_seqs=requests,
+        enable_prefix_caching=False, kv_cache_dtype=kv, max_model_len=max_model_len)
+        for name, kv in (("bf16", "auto"), ("int8", "int8"))}
+    table = _compare(model, sides, work, repeats, CAPACITY_COLUMNS, progress,
+                     same_outputs=False)
+    wide, narrow = table.iloc[0], table.iloc[1]
+    return Comparison(
+        "int8 vs 16-bit KV", f"model {model} in bfloat16, seed {seed}: {requests} requests at "
+        f"once, prompts 32-256, outputs 16-128, one KV budget of {budget_tokens:,} bf16 tokens "
+        f"({budget / 1e6:.2f} MB); medians of {repeats}", table,
+        {"blocks int8 / bf16": narrow["kv blocks"] / wide["kv blocks"],
+         "most sequences int8 / bf16": narrow["max seqs"] / wide["max seqs"],
+         "mean sequences int8 / bf16": narrow["mean seqs"] / wide["mean seqs"],
+         "throughput int8 / bf16": narrow["output tok/s"] / wide["output tok/s"]})
 
 
 # -- preemption modes ----------------------------------------------------------------------------
@@ -170,7 +241,7 @@ def preemption(model: str = "tiny", requests: int = 48, pool_tokens: int = 2048,
     return Comparison(
         "Preemption", f"model {model}, seed {seed}: {requests} requests at once, prompts "
         f"64-192, outputs 96-256 ({need:,} tokens of KV in all) into a {pool_tokens:,}-token "
-        f"pool; medians of {repeats}", table, ratios, [])
+        f"pool; medians of {repeats}", table, ratios)
 
 
 # -- sliding window --------------------------------------------------------------------------------
@@ -208,4 +279,4 @@ def sliding_window(model: str = "tiny-mistral", requests: int = 16, pool_tokens:
         f"at once, prompts {window}-{2 * window}, outputs {2 * window}-{4 * window}, a "
         f"{pool_tokens:,}-token pool", table,
         {"blocks without freeing / held, busiest step":
-         row["blocks without freeing"] / row["blocks held"]}, [])
+         row["blocks without freeing"] / row["blocks held"]})
