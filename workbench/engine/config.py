@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from workbench.engine.kv_dtype import check_kv_cache_dtype
 
 PREEMPTION_MODES = ("recompute", "swap")
+# Weight-only quantization of the decoder layers (workbench.models.quantize applies it).
+QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(slots=True)
@@ -39,6 +41,7 @@ class EngineConfig:
     seed: int = 0  # for requests that sample without a seed of their own
     # How K/V are stored: auto (the model's dtype) | int8 | fp8_e4m3 (see engine.kv_dtype).
     kv_cache_dtype: str = "auto"
+    quantization: str = "none"  # one of QUANTIZATIONS
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -66,6 +69,9 @@ class EngineConfig:
             raise ValueError(f"preemption_mode: must be one of {', '.join(PREEMPTION_MODES)}; "
                              f"got {self.preemption_mode!r}")
         check_kv_cache_dtype(self.kv_cache_dtype)
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization: must be one of {', '.join(QUANTIZATIONS)}; "
+                             f"got {self.quantization!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> EngineConfig:

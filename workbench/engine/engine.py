@@ -38,6 +38,12 @@ class LLMEngine:
         self.config = config
         self.model_path = model_path
         self.clock = clock
+        if getattr(model, "quantization", "none") != config.quantization:
+            # Quantizing here would change the caller's model in place: say so instead.
+            raise ValueError(f"quantization: the model is {model.quantization!r} but the config "
+                             f"asks for {config.quantization!r}; build with "
+                             "LLMEngine.from_pretrained or workbench.models.quantize."
+                             "quantize_model first")
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
         rule = pool_rule(config)
@@ -75,9 +81,11 @@ class LLMEngine:
                         **kwargs) -> LLMEngine:
         """A preset name ("tiny", "small", ...) or a local HF checkpoint directory."""
         from workbench.models.loader import load_model, load_tokenizer
+        from workbench.models.quantize import quantize_model
 
         config = config or EngineConfig()
         net, cfg, path = load_model(model, config.dtype, config.device, config.max_model_len)
+        quantize_model(net, config.quantization)
         return cls(net, cfg, load_tokenizer(path), config, path, **kwargs)
 
     def memory_report(self) -> MemoryReport:

@@ -48,7 +48,7 @@ def describe_fit_target(target: dict) -> tuple[dict, dict]:
     model["name"] = target["model"]
     engine = {"dtype": target["dtype"], "device": target["device"],
               "block_size": target["engine_config"]["block_size"],
-              # Runs recorded before quantized KV existed stored K/V in the model's dtype.
+              # Runs recorded before quantized KV / weights existed ran in the model's dtype.
               "kv_cache_dtype": target["engine_config"].get("kv_cache_dtype", "auto"),
-              "quantization": "none"}
+              "quantization": target["engine_config"].get("quantization", "none")}
     return model, engine

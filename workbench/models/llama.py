@@ -98,10 +98,14 @@ class LlamaForCausalLM(nn.Module):
         """Only the rows that sample are passed in: the LM head is skipped for other tokens."""
         return self.lm_head(self.norm(hidden)).float()
 
+    quantization = "none"  # workbench.models.quantize.quantize_model sets it
+
     def weight_bytes(self) -> int:
+        """Parameters (tied ones once) plus quantized layers' int8 weights and scales."""
         seen, total = set(), 0
         for p in self.parameters():
             if id(p) not in seen:
                 seen.add(id(p))
                 total += p.numel() * p.element_size()
-        return total
+        return total + sum(m.stored_bytes() for m in self.modules()
+                           if hasattr(m, "stored_bytes"))
