@@ -434,11 +434,13 @@ def report(
 @models_app.command("list")
 def models_list():
     """List the embedded presets."""
-    from workbench.models.tiny import PRESETS
+    from workbench.models.tiny import PRESETS, TRAINED_PRESETS
 
     for name, spec in PRESETS.items():
+        kind = "trained" if name in TRAINED_PRESETS else "random"
         typer.echo(f"{name}\t{spec.architecture}\thidden {spec.hidden_size}, "
-                   f"{spec.num_layers} layers, {spec.num_heads} heads / {spec.num_kv_heads} KV")
+                   f"{spec.num_layers} layers, {spec.num_heads} heads / {spec.num_kv_heads} KV"
+                   f"\t{kind}")
 
 
 @models_app.command("build")
@@ -451,6 +453,36 @@ def models_build(names: Annotated[list[str], typer.Argument(help="Preset names."
         if name not in PRESETS:
             raise ValueError(f"preset: unknown {name!r}; choose one of {', '.join(PRESETS)}")
         typer.echo(resolve_model(name))
+
+
+@models_app.command("train")
+@user_errors
+def models_train(
+    preset: Annotated[str, typer.Option(help="tiny-trained, tiny-draft or all.")] = "all",
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: the recipe's).")]
+    = None,
+    out: Annotated[str, typer.Option(help="Directory to write <preset>/ checkpoints into.")]
+    = "trained-models",
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the recipe's, 0).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Train the trained presets on CPU from the stdlib sources; print held-out perplexity."""
+    from pathlib import Path
+
+    from workbench.models.tiny import TRAINED_PRESETS
+    from workbench.models.train import train, with_steps
+
+    names = list(TRAINED_PRESETS) if preset == "all" else [preset]
+    for name in names:
+        if name not in TRAINED_PRESETS:
+            raise ValueError(f"preset: must be all or one of {', '.join(TRAINED_PRESETS)}; "
+                             f"got {name!r}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps: must be >= 1, got {steps}")
+    for name in names:
+        result = train(name, Path(out) / name, with_steps(name, steps, seed), progress=progress,
+                       log=typer.echo)
+        typer.echo(result.path)
 
 
 def main() -> None:  # pragma: no cover - console entry point

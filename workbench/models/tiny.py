@@ -58,7 +58,18 @@ PRESETS: dict[str, ModelSpec] = {
     "tiny-qwen2": ModelSpec(architecture="Qwen2ForCausalLM", tie_word_embeddings=True,
                             attention_bias=True, rope_theta=1_000_000.0,
                             extra={"use_sliding_window": False}),
+    # Trained, not random: shipped in workbench/models/trained/ (see workbench.models.train).
+    # ~6.8M parameters: the target.
+    "tiny-trained": ModelSpec(hidden_size=256, num_layers=6, num_heads=4, num_kv_heads=2,
+                              intermediate_size=768, extra={"torch_dtype": "bfloat16"}),
+    # ~0.9M parameters, same tokenizer: a draft model for speculative decoding.
+    "tiny-draft": ModelSpec(hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1,
+                            intermediate_size=384, tie_word_embeddings=True,
+                            extra={"torch_dtype": "bfloat16"}),
 }
+# Presets whose weights ship inside the package (trained once; never built at run time).
+TRAINED_DIR = Path(__file__).resolve().parent / "trained"
+TRAINED_PRESETS = ("tiny-trained", "tiny-draft")
 
 _MODEL_TYPES = {
     "LlamaForCausalLM": "llama",
@@ -180,11 +191,20 @@ def build_tiny_checkpoint(path: str | os.PathLike, preset: str = "tiny", seed: i
     """Build the named preset into `path` (a Hugging Face-format directory) and return it."""
     if preset not in PRESETS:
         raise ValueError(f"preset: unknown {preset!r}; choose one of {', '.join(PRESETS)}")
+    if preset in TRAINED_PRESETS:
+        raise ValueError(f"preset: {preset!r} is trained, not built: it ships in {TRAINED_DIR}")
     return write_checkpoint(path, PRESETS[preset], seed)
 
 
 def resolve_model(model: str | os.PathLike, seed: int = 0) -> Path:
     """A preset name or a local checkpoint directory -> a directory; presets are built once."""
+    if str(model) in TRAINED_PRESETS:
+        shipped = TRAINED_DIR / str(model)
+        if not (shipped / "model.safetensors").exists():
+            raise ModelNotFoundError(
+                f"model: the trained preset {str(model)!r} is missing from {shipped}; "
+                "remake it with `workbench models train`")
+        return shipped
     if str(model) in PRESETS:
         target = cache_root() / "models" / f"{model}-seed{seed}-v{_BUILD_VERSION}"
         if not (target / "model.safetensors").exists():
