@@ -134,3 +134,14 @@ def test_cli_lists_trained_presets_and_refuses_unknown_ones():
                         (["models", "train", "--steps", "0"], "steps")]:
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and res.output.startswith(f"error: {field}"), res.output
+
+
+def test_target_predicts_held_out_text_better_than_its_draft(held_out_ids):
+    """Speculative decoding needs a draft that is a cheaper, weaker guess of the target."""
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    ppl = {name: perplexity(AutoModelForCausalLM.from_pretrained(
+        str(TRAINED_DIR / name), dtype=torch.float32), held_out_ids, seq_len=256, windows=8)
+        for name in TRAINED_PRESETS}
+    assert ppl["tiny-trained"] < ppl["tiny-draft"], ppl
