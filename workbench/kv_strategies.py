@@ -57,8 +57,16 @@ class Workload:
                 for n in self.outputs]
 
 
+def _model_config(model: str):
+    """The checkpoint's config.json: what a workload needs, without loading weights."""
+    from workbench.models.config import ModelConfig
+    from workbench.models.tiny import resolve_model
+
+    return ModelConfig.from_dir(resolve_model(model))
+
+
 def _vocab(model: str) -> int:
-    return LLMEngine.from_pretrained(model, EngineConfig(num_kv_blocks=1)).model_config.vocab_size
+    return _model_config(model).vocab_size
 
 
 def _measure(model: str, config: EngineConfig, work: Workload) -> dict:
@@ -125,7 +133,7 @@ def prefix_caching(model: str = "tiny", requests: int = 64, prefix: int = 1024,
     16-32 output tokens, all at once: caching off vs on (the engine's defaults otherwise)."""
     rng = random.Random(seed)
     vocab = _vocab(model)
-    shared = _random_prompts(rng, vocab, 1, prefix, prefix)[0]
+    shared = [rng.randrange(FIRST_ORDINARY_TOKEN_ID, vocab) for _ in range(prefix)]
     work = Workload([shared + p for p in _random_prompts(rng, vocab, requests, 8, 32)],
                     [rng.randint(16, 32) for _ in range(requests)])
     sides = {"caching off": EngineConfig(enable_prefix_caching=False),
@@ -150,10 +158,12 @@ def _chat_batch(model: str, requests: int, seed: int) -> Workload:
                     [rng.randint(16, 128) for _ in range(requests)])
 
 
-def _kv_bytes_per_token(model: str, dtype: str, kv_cache_dtype: str = "auto") -> int:
-    return LLMEngine.from_pretrained(model, EngineConfig(
-        num_kv_blocks=1, max_model_len=16, dtype=dtype, kv_cache_dtype=kv_cache_dtype)
-    ).kv_bytes_per_token
+def _kv_bytes_per_token(model: str, dtype: str) -> int:
+    """The model's K/V per token when it runs in `dtype` (the engine's own formula)."""
+    from workbench.models.loader import resolve_dtype
+
+    cfg = _model_config(model)
+    return cfg.kv_bytes_per_token(resolve_dtype(dtype, cfg).itemsize)
 
 
 CAPACITY_COLUMNS = ["kv blocks", "max seqs", "mean seqs", "output tok/s", "preemptions"]

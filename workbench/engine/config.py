@@ -69,9 +69,7 @@ class EngineConfig:
             raise ValueError(f"preemption_mode: must be one of {', '.join(PREEMPTION_MODES)}; "
                              f"got {self.preemption_mode!r}")
         check_kv_cache_dtype(self.kv_cache_dtype)
-        if self.quantization not in QUANTIZATIONS:
-            raise ValueError(f"quantization: must be one of {', '.join(QUANTIZATIONS)}; "
-                             f"got {self.quantization!r}")
+        check_quantization(self.quantization)
 
     @classmethod
     def from_dict(cls, values: dict) -> EngineConfig:
@@ -80,6 +78,12 @@ class EngineConfig:
             raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; allowed: "
                              + ", ".join(cls.__slots__))
         return cls(**values)
+
+
+def check_quantization(value) -> None:
+    if value not in QUANTIZATIONS:
+        raise ValueError(f"quantization: must be one of {', '.join(QUANTIZATIONS)}; "
+                         f"got {value!r}")
 
 
 def _positive_int(name: str, value) -> None:

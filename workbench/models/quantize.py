@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.engine.config import QUANTIZATIONS
+from workbench.engine.config import check_quantization
 
 INT8_MAX = 127
 
@@ -66,9 +66,7 @@ class Int8Linear(nn.Module):
 
 def quantize_model(model: nn.Module, quantization: str, kernel: bool = True) -> nn.Module:
     """Quantize the decoder layers' projections in place; embeddings and LM head stay."""
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization: must be one of {', '.join(QUANTIZATIONS)}; "
-                         f"got {quantization!r}")
+    check_quantization(quantization)
     if quantization == "none":
         return model
     for layer in model.layers:
