@@ -8,7 +8,8 @@ from workbench.engine.kv_dtype import check_kv_cache_dtype
 
 PREEMPTION_MODES = ("recompute", "swap")
 # Weight-only quantization of the decoder layers (workbench.models.quantize applies it).
-QUANTIZATIONS = ("none", "int8")
+# none | int8 (per channel) | int4 (group-wise) | int4-awq (activation-aware int4) | fp8.
+QUANTIZATIONS = ("none", "int8", "int4", "int4-awq", "fp8")
 
 
 @dataclass(slots=True)
@@ -42,9 +43,13 @@ class EngineConfig:
     # How K/V are stored: auto (the model's dtype) | int8 | fp8_e4m3 (see engine.kv_dtype).
     kv_cache_dtype: str = "auto"
     quantization: str = "none"  # one of QUANTIZATIONS
+    # Input channels per int4 scale/zero group (AWQ's and GPTQ's default: 128); must divide
+    # every quantized layer's input width. Ignored by the other formats.
+    quantization_group_size: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens",
+                     "quantization_group_size"):
             _positive_int(name, getattr(self, name))
         for name in ("num_kv_blocks", "kv_cache_memory", "memory_budget", "max_model_len",
                      "swap_space"):

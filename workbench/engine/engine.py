@@ -85,8 +85,20 @@ class LLMEngine:
 
         config = config or EngineConfig()
         net, cfg, path = load_model(model, config.dtype, config.device, config.max_model_len)
-        quantize_model(net, config.quantization)
-        return cls(net, cfg, load_tokenizer(path), config, path, **kwargs)
+        tokenizer = load_tokenizer(path)
+        awq = None
+        if config.quantization == "int4-awq":
+            from workbench.models.awq import calibrate
+
+            # Calibrate on the unquantized model, through an engine of its own (prefill only).
+            calibration = cls(net, cfg, tokenizer, EngineConfig(
+                dtype=config.dtype, device=config.device, block_size=config.block_size,
+                num_kv_blocks=8 * (-(-257 // config.block_size)) + 1, max_num_seqs=8,
+                max_num_batched_tokens=2048), path)
+            awq = calibrate(calibration, config.quantization_group_size, seed=config.seed)
+            del calibration
+        quantize_model(net, config.quantization, config.quantization_group_size, awq=awq)
+        return cls(net, cfg, tokenizer, config, path, **kwargs)
 
     def memory_report(self) -> MemoryReport:
         """Where memory went at start: weights, activation peak, other, KV cache, what is left;

@@ -91,22 +91,26 @@ def active_param_count(m: ModelArch) -> int:
 
 
 def weight_bytes(m: ModelArch, precision: str = "bf16",
-                 group_size: int = DEFAULT_GROUP_SIZE) -> int:
-    """Bytes of all weights: block linears at `precision`, the rest in 16-bit (fp32 stays fp32).
+                 group_size: int = DEFAULT_GROUP_SIZE, unquantized: str | None = None) -> int:
+    """Bytes of all weights: block linears at `precision`, the rest in `unquantized`.
 
     Embeddings, lm_head, norms, biases and routers are kept unquantized, as AWQ / GPTQ / vLLM do.
+    `unquantized` (default: fp32 for fp32, else bf16) is also the dtype of the quantization
+    scales and zeros: int8 and fp8 one per output channel, int4 a scale and a zero per group
+    (the workbench engine stores them so; workbench.quant_report checks the agreement).
     """
     p = canonical_precision(precision)
     if p == "int4":
         check_group_size(group_size)
-    base = 4 if p == "fp32" else 2
+    base_name = unquantized or ("fp32" if p == "fp32" else "bf16")
+    base = WEIGHT_BITS[canonical_precision(base_name, "unquantized")] // 8
     total = sum(_other_params(m).values()) * base
     for out_f, in_f, count in _linear_shapes(m):
         if p == "int4":
             groups = out_f * math.ceil(in_f / group_size)
-            total += count * (out_f * in_f // 2 + groups * 2 * SCALE_BYTES)
-        elif p == "int8":
-            total += count * (out_f * in_f + out_f * SCALE_BYTES)
+            total += count * (out_f * in_f // 2 + groups * 2 * base)
+        elif p in ("int8", "fp8"):
+            total += count * (out_f * in_f + out_f * base)
         else:
             total += count * out_f * in_f * WEIGHT_BITS[p] // 8
     return total
