@@ -64,7 +64,8 @@ def test_int8_engine_keeps_its_predictions_and_stores_a_quarter_of_the_bytes():
 
 
 def test_quantization_errors_name_the_field():
-    with pytest.raises(ValueError, match="quantization: must be one of none, int8, int4, int4-awq, fp8; got 'int3'"):
+    with pytest.raises(ValueError, match="quantization: must be one of none, int8, int4, "
+                                         "int4-awq, fp8; got 'int3'"):
         EngineConfig(quantization="int3")
     from workbench.models.loader import load_model, load_tokenizer
 

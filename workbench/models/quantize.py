@@ -199,8 +199,8 @@ class Int4Linear(QuantizedLinear):
                   and group_size in INT4_GROUP_SIZES_KERNEL)
         if usable:
             self.kernel_name = "int4pack_mm"
-            self.register_buffer("weight_packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                codes.to(torch.int32).contiguous(), 1))
+            pack = torch.ops.aten._convert_weight_to_int4pack_for_cpu
+            self.register_buffer("weight_packed", pack(codes.to(torch.int32).contiguous(), 1))
         else:
             self.register_buffer("weight_nibbles", pack_nibbles(codes).contiguous())
         # [groups, out, 2]: the kernel's layout of scale and zero.
