@@ -226,6 +226,39 @@ def memory(
     typer.echo(json.dumps(report.as_dict(), indent=2) if json_out else str(report))
 
 
+@app.command("quant-report")
+@user_errors
+def quant_report(
+    model: Annotated[str, typer.Option(help="Preset or checkpoint dir.")] = "tiny-trained",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    precisions: Annotated[str, typer.Option(
+        help="Comma-separated: none, int8, fp8, int4-gN, int4-awq-gN (N: group size).")]
+    = ",".join(("none", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-awq-g64",
+                "int4-awq-g128", "fp8")),
+    repeats: Annotated[int, typer.Option(help="Decode measurements per precision (median).")]
+    = 3,
+    windows: Annotated[int, typer.Option(help="Held-out windows for perplexity / KL.")] = 16,
+    seq_len: Annotated[int, typer.Option(help="Tokens per held-out window.")] = 256,
+    quality: Annotated[bool, typer.Option(help="Measure perplexity, KL and top-1.")] = True,
+    seed: int = 0,
+    out: Annotated[str | None, typer.Option(
+        help="JSON file for the table (default fits/precision/MODEL-DTYPE.json), which the "
+             "planner and the design review read.")] = None,
+):
+    """Per weight precision: bytes, load time, decode tok/s at batch 1 and 16, held-out
+    perplexity, KL and top-1 agreement against the unquantized model (one run)."""
+    from workbench.quant_report import default_table_path, format_table, save_table
+    from workbench.quant_report import quant_report as run_report
+
+    frame = run_report(model, dtype, [p.strip() for p in precisions.split(",") if p.strip()],
+                       repeats, windows, seq_len, quality, seed, log=typer.echo)
+    typer.echo("")
+    typer.echo(format_table(frame))
+    path = save_table(frame, out or default_table_path(frame.attrs["model"],
+                                                       frame.attrs["dtype"]))
+    typer.echo(f"\ntable written to {path}")
+
+
 def _engine_settings(items: list[str] | None) -> dict:
     """--set field=value pairs -> EngineConfig fields (values parsed as YAML scalars)."""
     import yaml

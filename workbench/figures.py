@@ -192,3 +192,21 @@ def sweep_goodput(frame) -> go.Figure:
     fig.update_xaxes(title_text="offered load (req/s)")
     fig.update_yaxes(title_text="requests per second (req/s)")
     return _finish(fig, 380, "throughput and goodput vs offered rate")
+
+
+def precision_tradeoff(report) -> go.Figure:
+    """A quant report (workbench.quant_report) at a glance: per precision, what the weights
+    weigh, how fast batch-1 and batch-16 decode run, and how far next-token predictions move
+    from the unquantized model's (KL, nats)."""
+    labels = list(report.index)
+    panels = (("weight MB", report["weight_bytes"] / 1e6),
+              ("decode tok/s, batch 1", report["decode_tok_s_batch1"]),
+              ("decode tok/s, batch 16", report["decode_tok_s_batch16"]),
+              ("KL vs unquantized (nats)", report["mean_kl"]))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for t, _ in panels],
+                        horizontal_spacing=0.06)
+    for i, (title, values) in enumerate(panels, start=1):
+        fig.add_bar(x=labels, y=list(values), name=title, showlegend=False, row=1, col=i,
+                    marker=dict(color=PALETTE[(i - 1) % len(PALETTE)]))
+    a = report.attrs
+    return _finish(fig, 380, f"weight precision on {a.get('model')} ({a.get('dtype')})")

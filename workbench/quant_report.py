@@ -223,3 +223,36 @@ def format_table(frame) -> str:
             f"{opt(r.perplexity_change, '+.2%')} | {opt(r.mean_kl, '.4f')} | "
             f"{opt(r.top1_agreement, '.2%')} |")
     return "\n".join(lines)
+
+
+MEASURED_DIR = "fits/precision"
+
+
+def default_table_path(model: str, dtype: str) -> str:
+    from pathlib import Path
+
+    return f"{MEASURED_DIR}/{Path(model).name}-{dtype}.json"
+
+
+def save_table(frame, path) -> str:
+    """The report as JSON: attrs and one record per precision (read back by `load_table`)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = frame.reset_index().to_dict(orient="records")
+    path.write_text(json.dumps({"attrs": frame.attrs, "rows": rows}, indent=1, default=float))
+    return str(path)
+
+
+def load_table(path):
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    data = json.loads(Path(path).read_text())
+    frame = pd.DataFrame(data["rows"]).set_index("precision")
+    frame.attrs.update(data["attrs"])
+    return frame

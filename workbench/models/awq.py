@@ -87,6 +87,7 @@ def _fake_quantize(w: torch.Tensor, group_size: int, clip: torch.Tensor | None =
     return dequantize_int4(codes, scale, zero, torch.float32)
 
 
+@torch.no_grad()
 def search_scale(w: torch.Tensor, x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, float]:
     """(s [in], alpha): the activation-aware per-input-channel factors (see the module)."""
     w, x = w.float(), x.float()
@@ -104,6 +105,7 @@ def search_scale(w: torch.Tensor, x: torch.Tensor, group_size: int) -> tuple[tor
     return best[0], best[2]
 
 
+@torch.no_grad()
 def search_clip(w: torch.Tensor, x: torch.Tensor, group_size: int) -> torch.Tensor:
     """[out, groups]: the largest |w| to keep per group (see the module)."""
     w, x = w.float(), x.float()
@@ -128,6 +130,7 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, group_size: int) -> torch.Tens
     return best_clip
 
 
+@torch.no_grad()
 def search(inputs: dict[str, torch.Tensor], model: nn.Module, group_size: int,
            seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """name -> (input_scale = 1 / s, clip) for every projection of `model` (unquantized)."""

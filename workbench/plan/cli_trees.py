@@ -80,16 +80,26 @@ def register(app: typer.Typer, user_errors, out) -> None:
         context: Annotated[int, Opt(help="Tokens per sequence.")] = 4096,
         concurrency: Annotated[int, Opt(help="Sequences that must fit at once.")] = 1,
         quality: Annotated[str, Opt(help="strict | tolerant")] = "tolerant",
+        measured_dir: Annotated[str, Opt(
+            help="Where `workbench quant-report` saved measured precision tables.")]
+        = "fits/precision",
         as_json: Annotated[bool, Opt("--json")] = False,
     ):
-        """Which precision fits the memory budget, hardware and quality tolerance."""
+        """Which precision fits the memory budget, hardware and quality tolerance, and the
+        precision trade-off table (measured where quant-report measured the model)."""
         from workbench.plan.hardware import get_hardware
         from workbench.plan.models_catalog import get_model
         from workbench.plan.trees.answers import quantization_answers
+        from workbench.precision_table import precision_table, table_text
 
-        answers, facts = quantization_answers(get_model(model), get_hardware(gpu), context,
+        arch = get_model(model)
+        answers, facts = quantization_answers(arch, get_hardware(gpu), context,
                                               concurrency, quality, gpus)
-        _show(out, as_json, "quantization", answers, facts)
+        table = precision_table(model, arch, directory=measured_dir)
+        _show(out, as_json, "quantization", answers, facts, extra="\n\n" + table_text(table),
+              extra_data={"precision_table": {
+                  "source": table.attrs["source"],
+                  "rows": table.reset_index().to_dict(orient="records")}})
 
     @app.command()
     @user_errors
