@@ -171,7 +171,10 @@ def serve(
     = None,
     kv_cache_dtype: Annotated[str, typer.Option(help="auto | int8 | fp8_e4m3")] = "auto",
     quantization: Annotated[str, typer.Option(
-        help="Weight-only quantization of the decoder layers: none | int8")] = "none",
+        help="Weight-only quantization of the decoder layers: none | int8 | int4 | int4-awq "
+             "| fp8")] = "none",
+    quantization_group_size: Annotated[int, typer.Option(
+        help="Input channels per int4 scale/zero group (32, 64, 128).")] = 128,
 ):
     """OpenAI-compatible server: POST /v1/completions (SSE), GET /v1/models, GET /health.
     Prints the engine's memory report to stderr at start."""
@@ -181,7 +184,8 @@ def serve(
     config = EngineConfig(dtype=dtype, max_num_seqs=max_num_seqs, block_size=block_size,
                           num_kv_blocks=num_kv_blocks, memory_utilization=memory_utilization,
                           memory_budget=memory_budget, kv_cache_dtype=kv_cache_dtype,
-                          quantization=quantization)
+                          quantization=quantization,
+                          quantization_group_size=quantization_group_size)
     try:  # host and port are checked (and bound) before the model loads
         run_server(model, host, port, config)
     except KeyboardInterrupt:  # Ctrl-C while loading or after a graceful stop: no traceback
