@@ -522,5 +522,21 @@ def models_train(
         typer.echo(result.path)
 
 
+@models_app.command("export-gguf")
+@user_errors
+def models_export_gguf(
+    model: Annotated[str, typer.Argument(help="Preset name or local HF checkpoint dir.")],
+    out: Annotated[str, typer.Argument(help="The .gguf file to write.")],
+    type_: Annotated[str, typer.Option("--type", help="Projections' type: f32 | f16 | q8_0 | "
+                                       "q4_0 (norms stay f32; embeddings/output f16).")] = "f16",
+):
+    """Write MODEL as a GGUF file that llama.cpp and `--model OUT.gguf` both serve."""
+    from workbench.models.gguf_io import export_gguf, tensor_types
+
+    path = export_gguf(model, out, type_)
+    types = ", ".join(f"{n} {name}" for name, n in sorted(tensor_types(path).items()))
+    typer.echo(f"{path}\t{path.stat().st_size} bytes\ttensors: {types}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -79,13 +79,20 @@ class LLMEngine:
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, config: EngineConfig | None = None,
                         **kwargs) -> LLMEngine:
-        """A preset name ("tiny", "small", ...) or a local HF checkpoint directory."""
+        """A preset name ("tiny", "small", ...), a local HF checkpoint directory, or a .gguf
+        file (whose Q8_0/Q4_0 weights set the engine's quantization: gguf_io.engine_config_for)."""
+        from workbench.models.gguf_io import engine_config_for, is_gguf_path, load_gguf
         from workbench.models.loader import load_model, load_tokenizer
         from workbench.models.quantize import quantize_model
 
         config = config or EngineConfig()
-        net, cfg, path = load_model(model, config.dtype, config.device, config.max_model_len)
-        tokenizer = load_tokenizer(path)
+        if is_gguf_path(model):
+            net, cfg, tokenizer = load_gguf(model, config.dtype, config.device,
+                                            config.max_model_len)
+            config, path = engine_config_for(net, config), model
+        else:
+            net, cfg, path = load_model(model, config.dtype, config.device, config.max_model_len)
+            tokenizer = load_tokenizer(path)
         awq = None
         if config.quantization == "int4-awq":
             from workbench.models.awq import calibrate
@@ -97,7 +104,8 @@ class LLMEngine:
                 max_num_batched_tokens=2048), path)
             awq = calibrate(calibration, config.quantization_group_size, seed=config.seed)
             del calibration
-        quantize_model(net, config.quantization, config.quantization_group_size, awq=awq)
+        if net.quantization == "none":  # a quantized GGUF arrives quantized already
+            quantize_model(net, config.quantization, config.quantization_group_size, awq=awq)
         return cls(net, cfg, tokenizer, config, path, **kwargs)
 
     def memory_report(self) -> MemoryReport:

@@ -95,6 +95,14 @@ def load_model(
     except KeyError as e:
         raise ValueError(f"model: checkpoint {path} lacks tensor {e.args[0]}") from None
     state = {k: v.to(torch_dtype) for k, v in state.items()}
+    return finish_model(net, state, max_positions, dev), cfg, path
+
+
+def finish_model(net: LlamaForCausalLM, state: dict[str, torch.Tensor],
+                 max_positions: int | None, dev: torch.device) -> LlamaForCausalLM:
+    """Load `state` (every tensor in its final dtype) into a model built on meta, tie the LM
+    head, build the RoPE tables; the model in eval mode on `dev`. The GGUF loader shares it."""
+    cfg = net.config
     net.load_state_dict(state, strict=True, assign=True)
     if cfg.tie_word_embeddings:
         net.lm_head.weight = net.embed_tokens.weight
@@ -104,7 +112,7 @@ def load_model(
                            cfg.rope_theta, cfg.rope_scaling)
     for layer in net.layers:
         layer.self_attn.rope = real_rope
-    return net.to(dev).eval(), cfg, path
+    return net.to(dev).eval()
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
