@@ -117,7 +117,6 @@ def quant_report(model: str = "tiny-trained", dtype: str = "auto",
 
     from workbench.engine import EngineConfig, LLMEngine
     from workbench.engine.kv_quality import compare_logits, teacher_forced_logits
-    from workbench.models.loader import load_model
     from workbench.models.quantize import kernel_names
     from workbench.plan.hardware import copy_bandwidth
     from workbench.plan.models_catalog import arch_from_hf_config
@@ -125,9 +124,11 @@ def quant_report(model: str = "tiny-trained", dtype: str = "auto",
     specs = [parse_precision(p) for p in precisions]
     if repeats < 1 or windows < 1 or seq_len < 2:
         raise ValueError("repeats and windows must be >= 1 and seq_len >= 2")
-    load_model(model, dtype, "cpu")  # the first read from disk is not any precision's load
     batch = 16
     blocks = batch * -(-(max(seq_len, 32 + 64) + 1) // 16) + 1
+    # Warm-up: the first read from disk and the tokenizer's first load are no precision's.
+    LLMEngine.from_pretrained(model, EngineConfig(dtype=dtype, device="cpu", num_kv_blocks=8,
+                                                  max_num_seqs=1))
     engines, load_s = {}, {}
     for label, (quantization, group) in zip(precisions, specs, strict=True):
         start = time.perf_counter()
@@ -217,7 +218,7 @@ def format_table(frame) -> str:
     for name, r in frame.iterrows():
         lines.append(
             f"| {name} | {r.kernel} | {r.weight_bytes / 1e6:.2f} | "
-            f"{r.layer_bytes_vs_fp32:.3f}x | {r.analytic_error:+.2%} | {r.load_s:.1f} | "
+            f"{r.layer_bytes_vs_fp32:.3f}x | {r.analytic_error:+.2%} | {r.load_s:.2f} | "
             f"{r.decode_tok_s_batch1:.1f} | {r.decode_tok_s_batch16:.0f} | "
             f"{r.batch1_vs_bound:.1f}x | {opt(r.perplexity, '.2f')} | "
             f"{opt(r.perplexity_change, '+.2%')} | {opt(r.mean_kl, '.4f')} | "
