@@ -328,4 +328,4 @@ def test_cli_export_gguf_then_generate_from_the_file(tmp_path):
     res = runner.invoke(app, ["generate", "--model", str(out), "--max-tokens", "8", "def main("])
     assert res.exit_code == 0 and res.output.strip(), res.output
     res = runner.invoke(app, ["models", "export-gguf", "tiny-trained", str(out), "--type", "q2"])
-    assert res.exit_code == 2 and res.output.startswith("error: qtype: must be one of"), res.output
+    assert res.exit_code == 2 and res.output.startswith("error: type: must be one of"), res.output

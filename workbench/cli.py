@@ -531,8 +531,10 @@ def models_export_gguf(
                                        "q4_0 (norms stay f32; embeddings/output f16).")] = "f16",
 ):
     """Write MODEL as a GGUF file that llama.cpp and `--model OUT.gguf` both serve."""
-    from workbench.models.gguf_io import export_gguf, tensor_types
+    from workbench.models.gguf_io import QTYPES, export_gguf, tensor_types
 
+    if type_ not in QTYPES:  # named as the user typed it
+        raise ValueError(f"type: must be one of {', '.join(QTYPES)}; got {type_!r}")
     path = export_gguf(model, out, type_)
     types = ", ".join(f"{n} {name}" for name, n in sorted(tensor_types(path).items()))
     typer.echo(f"{path}\t{path.stat().st_size} bytes\ttensors: {types}")

@@ -95,15 +95,9 @@ class LLMEngine:
             tokenizer = load_tokenizer(path)
         awq = None
         if config.quantization == "int4-awq":
-            from workbench.models.awq import calibrate
+            from workbench.models.awq import calibrate_model
 
-            # Calibrate on the unquantized model, through an engine of its own (prefill only).
-            calibration = cls(net, cfg, tokenizer, EngineConfig(
-                dtype=config.dtype, device=config.device, block_size=config.block_size,
-                num_kv_blocks=8 * (-(-257 // config.block_size)) + 1, max_num_seqs=8,
-                max_num_batched_tokens=2048), path)
-            awq = calibrate(calibration, config.quantization_group_size, seed=config.seed)
-            del calibration
+            awq = calibrate_model(net, cfg, tokenizer, config, path)
         if net.quantization == "none":  # a quantized GGUF arrives quantized already
             quantize_model(net, config.quantization, config.quantization_group_size, awq=awq)
         return cls(net, cfg, tokenizer, config, path, **kwargs)

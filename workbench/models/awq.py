@@ -148,9 +148,21 @@ def search(inputs: dict[str, torch.Tensor], model: nn.Module, group_size: int,
     return result
 
 
-def calibrate(engine, group_size: int, num_sequences: int = 8, seq_len: int = 256,
-              seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Run the calibration text through `engine` (unquantized) and search every projection."""
-    prompts = calibration_prompts(engine.tokenizer, num_sequences, seq_len, seed)
-    return search(collect_inputs(engine, prompts), engine.model, group_size, seed)
+def calibrate_model(model: nn.Module, model_config, tokenizer, config, path=None,
+                    num_sequences: int = 8, seq_len: int = 256
+                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """AWQ's factors for the unquantized `model` at `config.quantization_group_size`: the
+    calibration text runs through an engine of its own (prefill only, `config`'s dtype and
+    device), then every projection is searched."""
+    from workbench.engine.config import EngineConfig
+    from workbench.engine.engine import LLMEngine
+
+    blocks_per_sequence = -(-(seq_len + 1) // config.block_size)
+    engine = LLMEngine(model, model_config, tokenizer, EngineConfig(
+        dtype=config.dtype, device=config.device, block_size=config.block_size,
+        num_kv_blocks=num_sequences * blocks_per_sequence + 1, max_num_seqs=num_sequences,
+        max_num_batched_tokens=max(2048, seq_len)), path)
+    prompts = calibration_prompts(tokenizer, num_sequences, seq_len, config.seed)
+    return search(collect_inputs(engine, prompts), model, config.quantization_group_size,
+                  config.seed)
 
