@@ -263,3 +263,46 @@ def test_bad_engine_config():
         EngineConfig(preemption_mode="offload")
     with pytest.raises(ValueError, match="swap_space: must be an integer >= 1"):
         EngineConfig(preemption_mode="swap", swap_space=-1)
+
+
+def test_reset_prefix_cache_makes_the_next_pass_compute_its_prompts(tiny_engine_factory):
+    engine = tiny_engine_factory(num_kv_blocks=200)
+    prompts = [list(range(5 + i, 70 + i)) for i in range(4)]
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+
+    def prefill_and_cached():
+        first = len(engine.telemetry)
+        out = [o.token_ids for o in engine.generate(prompts, params)]
+        steps = engine.telemetry[first:]
+        return (out, sum(s.num_prefill_tokens for s in steps),
+                sum(s.num_cached_tokens for s in steps))
+
+    out1, computed1, cached1 = prefill_and_cached()
+    out2, computed2, cached2 = prefill_and_cached()
+    assert cached1 == 0 and cached2 > 0 and computed2 < computed1  # the cache served pass 2
+    assert engine.reset_prefix_cache() > 0
+    assert engine.block_manager.num_cached_blocks == 0
+    out3, computed3, cached3 = prefill_and_cached()
+    assert (out3, computed3, cached3) == (out1, computed1, 0)
+    assert out2 == out1
+
+
+def test_step_profile_phases_add_up_to_the_step(tiny_engine_factory):
+    from workbench.bench import decode_profile
+    from workbench.engine.telemetry import PHASES, phase_profile
+
+    engine = tiny_engine_factory(num_kv_blocks=200)
+    prompts, _ = random_workload(3, 6, engine.model_config.vocab_size)
+    engine.generate(prompts, SamplingParams(max_tokens=8, temperature=0.0))
+    for r in engine.telemetry:
+        phases = [getattr(r, f"phase_{p}_s") for p in PHASES]
+        assert all(v >= 0 for v in phases)
+        assert r.phase_attention_s <= r.phase_forward_s
+        covered = sum(phases) - r.phase_attention_s  # attention is inside the forward
+        assert covered <= (r.t_end - r.t_start) + 1e-4
+    profile = phase_profile(engine.telemetry)
+    assert profile["forward"] > 0 and profile["linear & other"] >= 0
+    assert set(PHASES) <= set(profile) and profile["step"] >= profile["forward"]
+    assert decode_profile(engine, 4, prompt_tokens=8, n=6)["forward"] > 0
+    frame = telemetry_frame(engine)
+    assert frame["phase_forward_s"].dtype == "float64"

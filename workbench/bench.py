@@ -20,6 +20,7 @@ import torch
 
 from workbench.engine import EngineConfig, LLMEngine, SamplingParams
 from workbench.engine.static import StaticBatcher
+from workbench.engine.telemetry import phase_profile
 from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
 from workbench.plan.hardware import copy_bandwidth  # the project's one bandwidth measurement
 
@@ -53,6 +54,18 @@ def mixed_workload(num_requests: int = 64, prompt_range=(16, 512), output_range=
     return Workload(prompts, outputs, seed)
 
 
+def parse_range(field: str, text: str) -> tuple[int, int]:
+    """'16-512' -> (16, 512); both >= 1, MIN <= MAX."""
+    try:
+        lo, hi = (int(x) for x in str(text).split("-"))
+    except ValueError:
+        raise ValueError(f"{field}: must be MIN-MAX token counts, e.g. 16-512; got "
+                         f"{text!r}") from None
+    if not 1 <= lo <= hi:
+        raise ValueError(f"{field}: needs 1 <= MIN <= MAX, got {text!r}")
+    return lo, hi
+
+
 def _params(w: Workload) -> list[SamplingParams]:
     return [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in w.outputs]
 
@@ -64,10 +77,12 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def run_engine(engine: LLMEngine, w: Workload) -> float:
+    engine.reset_prefix_cache()  # every pass computes its prompts: no hits from the last one
     return _timed(lambda: engine.generate(w.prompts, _params(w)))
 
 
 def run_static(engine: LLMEngine, w: Workload, batch_size: int) -> float:
+    engine.reset_prefix_cache()
     return _timed(lambda: StaticBatcher(engine, batch_size).generate(w.prompts, _params(w)))
 
 
@@ -87,6 +102,17 @@ def run_hf(hf_model, w: Workload, batch_size: int, pad_id: int = 0) -> float:
                                   do_sample=False, pad_token_id=pad_id)
 
     return _timed(go)
+
+
+def decode_profile(engine: LLMEngine, batch: int, prompt_tokens: int = 32, n: int = 64,
+                   seed: int = 0) -> dict[str, float]:
+    """Phase profile (ms per step) of pure decode steps at `batch` sequences."""
+    w = mixed_workload(batch, (prompt_tokens, prompt_tokens), (n, n), seed,
+                       engine.model_config.vocab_size)
+    first = len(engine.telemetry)
+    engine.generate(w.prompts, _params(w))
+    return phase_profile(r for r in engine.telemetry[first:]
+                         if r.num_prefill_tokens == 0 and r.num_decode_seqs == batch)
 
 
 def engine_decode_latency(engine: LLMEngine, prompt: list[int], n: int) -> float:
@@ -109,11 +135,17 @@ def hf_decode_latency(hf_model, prompt: list[int], n: int) -> float:
 
 def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: int = 64,
                   batch_size: int = 16, repeats: int = 1, seed: int = 0,
-                  include_hf: bool = True, log: Callable[[str], None] = print) -> dict:
+                  include_hf: bool = True, log: Callable[[str], None] = print,
+                  prompt_range: tuple[int, int] = (16, 512),
+                  output_range: tuple[int, int] = (16, 256), profile: bool = False) -> dict:
+    """Each repeat runs every system once, in rotation (machine noise falls on all); the
+    engine goes first, so its first pass is the first work after start-up (no warm-up):
+    reported beside the median of the later passes."""
     from transformers import AutoModelForCausalLM
 
     engine = LLMEngine.from_pretrained(model, EngineConfig(dtype=dtype, max_num_seqs=batch_size))
-    w = mixed_workload(num_requests, seed=seed, vocab=engine.model_config.vocab_size)
+    w = mixed_workload(num_requests, prompt_range, output_range, seed,
+                       engine.model_config.vocab_size)
     log(f"workload: {w.describe()}")
     log(f"model: {model} ({engine.model.weight_bytes() / 1e6:.0f} MB of weights, {dtype}), "
         f"torch threads: {torch.get_num_threads()}, repeats: {repeats} (medians reported)")
@@ -121,19 +153,28 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
     if include_hf:
         hf = AutoModelForCausalLM.from_pretrained(str(engine.model_path),
                                                   dtype=getattr(torch, dtype)).eval()
+    engine_name = f"workbench engine (continuous, max_num_seqs={batch_size})"
     contestants = {
-        f"workbench engine (continuous, max_num_seqs={batch_size})": lambda: run_engine(engine, w),
+        engine_name: lambda: run_engine(engine, w),
         f"static batching (batches of {batch_size})": lambda: run_static(engine, w, batch_size),
     }
     if hf is not None:
         contestants[f"HF generate (padded batches of {batch_size})"] = lambda: run_hf(
             hf, w, batch_size)
-    engine.generate([w.prompts[0]], SamplingParams(max_tokens=4, temperature=0))  # warm-up
-    seconds = {}
-    for name, fn in contestants.items():
-        runs = [fn() for _ in range(repeats)]
-        seconds[name] = statistics.median(runs)
-        log(f"  {name}: {seconds[name]:.1f} s ({', '.join(f'{r:.1f}' for r in runs)})")
+    runs: dict[str, list[float]] = {name: [] for name in contestants}
+    mixed_steps = []
+    for r in range(repeats):
+        for name, fn in contestants.items():
+            first = len(engine.telemetry)
+            runs[name].append(fn())
+            if name == engine_name:
+                mixed_steps = engine.telemetry[first:]
+        log(f"  repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{name.split(' (')[0]} {v[-1]:.1f} s" for name, v in runs.items()))
+    seconds = {name: statistics.median(v) for name, v in runs.items()}
+    for name, v in runs.items():
+        log(f"  {name}: {seconds[name]:.1f} s ({', '.join(f'{x:.1f}' for x in v)})")
+    engine_runs = runs[engine_name]
 
     prompt = w.prompts[0][:32]
     n_decode = 128
@@ -156,7 +197,15 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
                                 "hf": hf_tpot * 1e3 if hf_tpot else None,
                                 "bandwidth_bound": bound * 1e3},
         "copy_bandwidth_gb_s": bandwidth / 1e9,
+        "engine_first_pass_tok_s": w.useful_tokens / engine_runs[0],
+        "engine_later_passes_tok_s": (w.useful_tokens / statistics.median(engine_runs[1:])
+                                      if len(engine_runs) > 1 else None),
     }
+    if profile:
+        result["profile_ms_per_step"] = {"batch 1": decode_profile(engine, 1, seed=seed),
+                                         f"batch {batch_size}": decode_profile(
+                                             engine, batch_size, seed=seed),
+                                         "mixed": phase_profile(mixed_steps)}
     log("")
     log(format_table(result))
     return result
@@ -179,6 +228,30 @@ def format_table(r: dict) -> str:
                  f"bandwidth bound {d['bandwidth_bound']:.2f} ms "
                  f"({d['engine'] / d['bandwidth_bound']:.1f}x the bound; copy bandwidth "
                  f"{r['copy_bandwidth_gb_s']:.1f} GB/s)")
+    if r.get("engine_later_passes_tok_s"):
+        lines.append(f"engine first pass after start {r['engine_first_pass_tok_s']:.0f} tok/s, "
+                     f"later passes {r['engine_later_passes_tok_s']:.0f} tok/s "
+                     f"({r['engine_first_pass_tok_s'] / r['engine_later_passes_tok_s']:.2f}x)")
+    if r.get("profile_ms_per_step"):
+        lines += ["", profile_table(r["profile_ms_per_step"])]
+    return "\n".join(lines)
+
+
+def profile_table(profiles: dict[str, dict[str, float]]) -> str:
+    """Milliseconds per step of each phase (rows) per workload (columns), with shares."""
+    names = list(profiles)
+    rows = ["schedule", "prepare", "forward", "attention", "linear & other", "sample",
+            "postprocess", "unaccounted", "step"]
+    lines = ["| phase (ms per step) | " + " | ".join(names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for row in rows:
+        cells = []
+        for n in names:
+            p = profiles[n]
+            share = f" ({p[row] / p['step']:.0%})" if row != "step" and p.get("step") else ""
+            cells.append(f"{p.get(row, 0.0):.2f}{share}")
+        label = f"  {row}" if row in ("attention", "linear & other") else row
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

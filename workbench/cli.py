@@ -58,16 +58,21 @@ def bench(
     seed: Annotated[int, typer.Option(help="Workload seed.")] = 0,
     hf: Annotated[bool, typer.Option(help="Include Hugging Face generate as a peer.")] = True,
     out: Annotated[str | None, typer.Option(help="Directory for bench.json / bench.md.")] = None,
+    prompts: Annotated[str, typer.Option(help="Prompt tokens, MIN-MAX (uniform).")] = "16-512",
+    outputs: Annotated[str, typer.Option(help="Output tokens, MIN-MAX (uniform).")] = "16-256",
+    profile: Annotated[bool, typer.Option(
+        help="Print where each step's time goes (batch 1, batch-size, mixed).")] = False,
 ):
     """Throughput: this engine vs static batching vs HF generate on one seeded workload."""
-    from workbench.bench import run_benchmark, save
+    from workbench.bench import parse_range, run_benchmark, save
 
     for name, value in (("requests", requests), ("batch-size", batch_size),
                         ("repeats", repeats)):
         if value < 1:
             raise ValueError(f"{name}: must be >= 1, got {value}")
     result = run_benchmark(model, dtype, requests, batch_size, repeats, seed, include_hf=hf,
-                           log=typer.echo)
+                           log=typer.echo, prompt_range=parse_range("prompts", prompts),
+                           output_range=parse_range("outputs", outputs), profile=profile)
     if out:
         typer.echo(f"\nresults written to {save(result, out)}")
 

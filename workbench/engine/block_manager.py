@@ -206,6 +206,19 @@ class BlockManager:
             seq.block_keys.append(key)
             parent = hash(key)
 
+    def reset_prefix_cache(self) -> int:
+        """Forget the prefixes of every free block (vLLM's reset_prefix_cache), so the next
+        requests compute their prompts again; blocks in use keep theirs. Returns how many
+        were forgotten (not counted as evictions: nothing needed the room)."""
+        forgotten = 0
+        for block in self._free:
+            key = self._key_of[block]
+            if key is not None:
+                del self._block_of[key]
+                self._key_of[block] = None
+                forgotten += 1
+        return forgotten
+
     def count_lookup(self, seq: Sequence, hit_tokens: int) -> None:
         # All its tokens were looked up: a preempted sequence's output too (vLLM counts so).
         self.queried_tokens += seq.num_tokens

@@ -151,6 +151,12 @@ class LLMEngine:
         detok = self._detok[request_id]
         return self._output(seq, [], self._release(detok, seq.params.stop, True))
 
+    def reset_prefix_cache(self) -> int:
+        """Forget cached prompt prefixes not in use (vLLM's `reset_prefix_cache`): benchmarks
+        call it between passes over the same prompts, which would otherwise find them all
+        cached. Returns the number of blocks forgotten."""
+        return self.block_manager.reset_prefix_cache()
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
@@ -158,21 +164,28 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, postprocess; outputs for requests that got a token."""
         t_start = self.clock()
+        w0 = time.perf_counter()
         sched = self.scheduler.schedule(t_start)
         # Before the model runs: blocks swapped out this step may be written by it.
         copy_blocks(self._block_tensors, self.swap_caches, sched.swap_out)
         copy_blocks(self.swap_caches, self._block_tensors, sched.swap_in)
         if sched.is_empty:
             return []
+        w1 = time.perf_counter()
         sampled = self.runner.execute(sched.scheduled)
+        w2 = time.perf_counter()
         t_sampled = self.clock()
         self.scheduler.update(sched, sampled, t_sampled)
         outputs = [self._postprocess(sch.seq, token, t_sampled)
                    for sch, token in zip(sched.scheduled, sampled, strict=True)
                    if token is not None]
         # t_end includes postprocessing: the simulator's step time stands for the whole step.
-        self.telemetry.append(step_record(len(self.telemetry), t_start, self.clock(), sched,
-                                          self.scheduler))
+        record = step_record(len(self.telemetry), t_start, self.clock(), sched, self.scheduler)
+        p = self.runner.profile
+        record.phase_schedule_s, record.phase_prepare_s = w1 - w0, p["prepare"]
+        record.phase_forward_s, record.phase_attention_s = p["forward"], p["attention"]
+        record.phase_sample_s, record.phase_postprocess_s = p["sample"], time.perf_counter() - w2
+        self.telemetry.append(record)
         return outputs
 
     def _postprocess(self, seq: Sequence, token: int, now: float) -> RequestOutput:

@@ -6,6 +6,8 @@ call), then multi-token prefill chunks. Logits are computed only for rows that s
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from workbench.engine.sampler import sample
@@ -22,11 +24,14 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.window = model.config.sliding_window
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.profile: dict[str, float] = {}
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSeq]) -> list[int | None]:
-        """Run one step; return the sampled token per scheduled entry (None: mid-prefill)."""
+        """Run one step; return the sampled token per scheduled entry (None: mid-prefill).
+        `self.profile` then holds the step's prepare / forward / attention / sample seconds."""
         sample_entries, logits = self.logits(scheduled)
+        t0 = time.perf_counter()
         result: list[int | None] = [None] * len(scheduled)
         if sample_entries:
             seqs = [scheduled[i].seq for i in sample_entries]
@@ -34,12 +39,27 @@ class ModelRunner:
                             self.generator)
             for i, tok in zip(sample_entries, tokens, strict=True):
                 result[i] = tok
+        self.profile["sample"] = time.perf_counter() - t0
         return result
 
     @torch.inference_mode()
     def logits(self, scheduled: list[ScheduledSeq]) -> tuple[list[int], torch.Tensor | None]:
         """Run the model over one step's batch, writing its K/V into the cache; return the
         scheduled entries that sample and their next-token logits (one row each, fp32)."""
+        t0 = time.perf_counter()
+        input_ids, positions, meta, sample_rows, sample_entries = self.prepare(scheduled)
+        t1 = time.perf_counter()
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        logits = (self.model.compute_logits(hidden[sample_rows]) if sample_entries else None)
+        if logits is not None and logits.device.type != "cpu":
+            torch.cuda.synchronize(logits.device)  # the forward's time, not the next .tolist()
+        self.profile = {"prepare": t1 - t0, "forward": time.perf_counter() - t1,
+                        "attention": meta.attention_s}
+        return sample_entries, logits
+
+    def prepare(self, scheduled: list[ScheduledSeq]):
+        """The step's model inputs: (input_ids, positions, attention metadata, rows of the
+        hidden states that sample, the scheduled entries they belong to)."""
         decodes = [i for i, s in enumerate(scheduled) if s.num_tokens == 1]
         prefills = [i for i, s in enumerate(scheduled) if s.num_tokens > 1]
         order = decodes + prefills
@@ -76,12 +96,8 @@ class ModelRunner:
         if decodes:
             self._decode_metadata(meta, [scheduled[i].seq for i in decodes])
 
-        hidden = self.model(torch.tensor(input_ids, device=dev),
-                            torch.tensor(positions, device=dev), self.kv_caches, meta)
-        if not sample_rows:
-            return [], None
-        return sample_entries, self.model.compute_logits(
-            hidden[torch.tensor(sample_rows, device=dev)])
+        return (torch.tensor(input_ids, device=dev), torch.tensor(positions, device=dev), meta,
+                torch.tensor(sample_rows, device=dev, dtype=torch.long), sample_entries)
 
     def _decode_metadata(self, meta: AttentionMetadata, seqs) -> None:
         """Block tables padded to the longest context, and a mask hiding the padding."""

@@ -28,6 +28,16 @@ class StepRecord:
     num_swapped_in: int = 0  # sequences copied back from the host pool
     num_swapped: int = 0  # sequences waiting in the host pool after the step
     num_swap_blocks: int = 0  # blocks copied either way
+    # Where the step's wall time went (seconds; the engine's step profiler, 0 in simulations):
+    # scheduling (and swap copies), building the model's inputs, the model forward (of which
+    # attention: paged_attention's calls, timed on CPU only, where kernels run synchronously),
+    # sampling, and postprocessing (detokenizing, stop strings, outputs).
+    phase_schedule_s: float = 0.0
+    phase_prepare_s: float = 0.0
+    phase_forward_s: float = 0.0
+    phase_attention_s: float = 0.0
+    phase_sample_s: float = 0.0
+    phase_postprocess_s: float = 0.0
 
 
 def step_record(step: int, t_start: float, t_end: float, sched, scheduler,
@@ -60,6 +70,7 @@ def step_record(step: int, t_start: float, t_end: float, sched, scheduler,
 
 
 STEP_COLUMNS = [f.name for f in fields(StepRecord)]
+PHASES = ("schedule", "prepare", "forward", "attention", "sample", "postprocess")
 
 
 def telemetry_frame(source):
@@ -75,7 +86,8 @@ def telemetry_frame(source):
     row = operator.attrgetter(*STEP_COLUMNS)
     data = np.array([row(r) for r in records], dtype=np.float64).reshape(-1, len(STEP_COLUMNS))
     frame = pd.DataFrame(data, columns=STEP_COLUMNS)
-    ints = [c for c in STEP_COLUMNS if c not in ("t_start", "t_end")]
+    ints = [c for c in STEP_COLUMNS if c not in ("t_start", "t_end")
+            and not c.startswith("phase_")]
     return frame.astype(dict.fromkeys(ints, "int64"))
 
 
@@ -86,3 +98,19 @@ def requests_frame(metrics):
     from workbench.traffic.metrics import records_frame
 
     return records_frame([m.as_dict() for m in metrics])
+
+
+def phase_profile(records) -> dict[str, float]:
+    """Mean milliseconds per step of each phase over `records` (engine steps), with the
+    forward split into attention and the rest ("linear & other": projections, MLP, norms,
+    RoPE, LM head), the whole step and the part no phase covers."""
+    records = list(records)
+    if not records:
+        return {}
+    n = len(records)
+    ms = {name: 1e3 * sum(getattr(r, f"phase_{name}_s") for r in records) / n
+          for name in PHASES}
+    ms["linear & other"] = ms["forward"] - ms["attention"]
+    ms["step"] = 1e3 * sum(r.t_end - r.t_start for r in records) / n
+    ms["unaccounted"] = ms["step"] - sum(ms[p] for p in PHASES if p != "attention")
+    return ms

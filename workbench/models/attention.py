@@ -15,6 +15,7 @@ cache, since every query sees the same stored K/V.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +39,7 @@ class AttentionMetadata:
     decode_mask: torch.Tensor | None  # [B, 1, 1, max_blocks * block_size]
     prefills: list[PrefillChunk]
     buffers: dict = field(default_factory=dict)  # per-step gather buffers shared by layers
+    attention_s: float = 0.0  # wall time in paged_attention this step (CPU: kernels are sync)
 
 
 def paged_attention(
@@ -49,6 +51,7 @@ def paged_attention(
 ) -> torch.Tensor:
     """q: [T, H, D]; k, v: [T, KVH, D]; kv_cache: one layer's pages, shape [num_blocks,
     block_size, KVH, D] -> [T, H, D]."""
+    started = time.perf_counter()
     num_blocks, block_size, kv_heads, head_dim = kv_cache.shape
     k, v = kv_cache.write(meta.slot_mapping, k, v)
     out = torch.empty_like(q)
@@ -79,5 +82,6 @@ def paged_attention(
             qc, kc, vc, attn_mask=chunk.mask, is_causal=chunk.mask is None, enable_gqa=True
         )
         out[s : s + n] = res.squeeze(0).transpose(0, 1)
+    meta.attention_s += time.perf_counter() - started
     return out
 
