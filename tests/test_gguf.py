@@ -16,11 +16,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from workbench.engine import EngineConfig, LLMEngine, SamplingParams
 from workbench.engine.kv_quality import compare_logits, teacher_forced_logits
 from workbench.models.config import ModelConfig
+from workbench.models.cpu_linear import OneDnnLinear
 from workbench.models.gguf_io import (
     export_gguf,
     load_gguf,
@@ -93,7 +93,7 @@ def test_float_round_trip_gives_identical_greedy_outputs(preset, qtype, tmp_path
         preset, tmp_path / f"{preset}.gguf", qtype)
     want = engine(preset).generate(PROMPTS, GREEDY)
     eng = engine(path)
-    assert eng.config.quantization == "none" and kernel_names(eng.model) == ["dense"]
+    assert eng.config.quantization == "none" and kernel_names(eng.model) == ["onednn"]
     got = eng.generate(PROMPTS, GREEDY)
     assert [o.token_ids for o in got] == [o.token_ids for o in want]
     assert [o.text for o in got] == [o.text for o in want]
@@ -211,8 +211,8 @@ def test_mixed_file_f16_fallback_projection_loads_dense(tmp_path):
     assert tensor_types(path) == {"F32": 9, "F16": 6, "Q4_0": 24}
     eng = engine(path)
     assert eng.config.quantization == "int4"
-    for layer in eng.model.layers:
-        assert isinstance(layer.mlp.down_proj, nn.Linear)
+    for layer in eng.model.layers:  # dense: fp32 on CPU runs it through oneDNN
+        assert isinstance(layer.mlp.down_proj, OneDnnLinear)
         assert isinstance(layer.mlp.gate_up_proj, Int4Linear)
     assert len(eng.generate(PROMPTS[:2], GREEDY)[0].token_ids) == 24
 

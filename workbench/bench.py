@@ -206,6 +206,7 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
                                          f"batch {batch_size}": decode_profile(
                                              engine, batch_size, seed=seed),
                                          "mixed": phase_profile(mixed_steps)}
+        result["roofline_ms"] = roofline_bounds(engine, (1, batch_size), context=64)
     log("")
     log(format_table(result))
     return result
@@ -234,7 +235,32 @@ def format_table(r: dict) -> str:
                      f"({r['engine_first_pass_tok_s'] / r['engine_later_passes_tok_s']:.2f}x)")
     if r.get("profile_ms_per_step"):
         lines += ["", profile_table(r["profile_ms_per_step"])]
+        roof = r["roofline_ms"]
+        for name, p in r["profile_ms_per_step"].items():
+            if name in roof:
+                lines.append(f"{name} decode step {p['step']:.2f} ms vs this machine's "
+                             f"roofline {roof[name]:.2f} ms ({p['step'] / roof[name]:.1f}x)")
+        lines.append(f"(roofline: copy bandwidth {roof['bandwidth_gb_s']:.1f} GB/s, measured "
+                     f"matmul {roof['matmul_tflops'] * 1e3:.0f} GFLOP/s)")
     return "\n".join(lines)
+
+
+def roofline_bounds(engine: LLMEngine, batches, context: int) -> dict:
+    """This machine's roofline for a decode step of each batch size at `context` cached
+    tokens (the planner's step-cost model at peak efficiency, no fixed overhead), with the
+    machine's measured copy bandwidth and matmul rate (plan.hardware.measure_hardware)."""
+    from workbench.plan.hardware import measure_hardware
+    from workbench.plan.models_catalog import get_model
+    from workbench.plan.roofline import PEAK, decode_step
+
+    hw = measure_hardware(device=engine.device.type)
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
+        engine.dtype]
+    arch = get_model(engine.model_path)
+    return {"bandwidth_gb_s": hw.memory_bandwidth_gb_s,
+            "matmul_tflops": hw.peak_tflops.get(precision),
+            **{f"batch {b}": decode_step(arch, hw, b, context, precision, efficiency=PEAK,
+                                         overhead_s=0.0).time_s * 1e3 for b in batches}}
 
 
 def profile_table(profiles: dict[str, dict[str, float]]) -> str:

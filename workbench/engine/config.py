@@ -46,6 +46,10 @@ class EngineConfig:
     # Input channels per int4 scale/zero group (AWQ's and GPTQ's default: 128); must divide
     # every quantized layer's input width. Ignored by the other formats.
     quantization_group_size: int = 128
+    # CPU fp32: projections and LM head run through oneDNN with weights converted once at
+    # load (workbench.models.cpu_linear; 1.1-2x faster than F.linear measured). Applied by
+    # LLMEngine.from_pretrained; a model passed to LLMEngine is left as it is.
+    onednn_linear: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens",
@@ -73,6 +77,10 @@ class EngineConfig:
         if self.preemption_mode not in PREEMPTION_MODES:
             raise ValueError(f"preemption_mode: must be one of {', '.join(PREEMPTION_MODES)}; "
                              f"got {self.preemption_mode!r}")
+        for name in ("onednn_linear", "enable_chunked_prefill", "enable_prefix_caching",
+                     "prefill_first"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}")
         check_kv_cache_dtype(self.kv_cache_dtype)
         check_quantization(self.quantization)
 

@@ -100,6 +100,10 @@ class LLMEngine:
             awq = calibrate_model(net, cfg, tokenizer, config, path)
         if net.quantization == "none":  # a quantized GGUF arrives quantized already
             quantize_model(net, config.quantization, config.quantization_group_size, awq=awq)
+        if config.onednn_linear:
+            from workbench.models.cpu_linear import pack_linears
+
+            pack_linears(net)
         return cls(net, cfg, tokenizer, config, path, **kwargs)
 
     def memory_report(self) -> MemoryReport:

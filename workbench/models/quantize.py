@@ -283,6 +283,7 @@ def quantize_model(model: nn.Module, quantization: str, group_size: int = 128,
 
 
 def kernel_names(model: nn.Module) -> list[str]:
-    """The distinct matmul paths the model's quantized layers run (["dense"] when none)."""
-    names = sorted({m.kernel_name for m in model.modules() if isinstance(m, QuantizedLinear)})
-    return names or ["dense"]
+    """The distinct matmul paths of the model's projections ("dense": F.linear; "onednn":
+    workbench.models.cpu_linear; the quantized formats' kernels or "dequantize")."""
+    return sorted({getattr(getattr(parent, attr), "kernel_name", "dense")
+                   for parent, attr, _ in projections(model)})
