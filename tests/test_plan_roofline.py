@@ -93,7 +93,7 @@ def test_int4_decode_is_faster_and_throughput_ceiling_uses_the_memory_budget():
 
 
 def test_efficiency_from_engine_measurement():
-    # README: engine 9.57 ms/token against an 8.03 ms bandwidth bound.
+    # An engine measured at 9.57 ms/token against an 8.03 ms bandwidth bound (an earlier bench).
     assert efficiency_from_measurement(8.03e-3, 9.57e-3) == pytest.approx(0.839, abs=1e-3)
     # Faster than the bound: the raw figure comes back (the peaks are wrong), not a capped 1.
     assert efficiency_from_measurement(2.0, 1.0) == 2.0
