@@ -104,15 +104,22 @@ def run_hf(hf_model, w: Workload, batch_size: int, pad_id: int = 0) -> float:
     return _timed(go)
 
 
-def decode_profile(engine: LLMEngine, batch: int, prompt_tokens: int = 32, n: int = 64,
-                   seed: int = 0) -> dict[str, float]:
-    """Phase profile (ms per step) of pure decode steps at `batch` sequences."""
+def decode_steps(engine: LLMEngine, batch: int, prompt_tokens: int = 32, n: int = 64,
+                 seed: int = 0) -> list:
+    """The telemetry of the pure decode steps at `batch` sequences of one seeded run
+    (`batch` prompts of `prompt_tokens` tokens, `n` new tokens each)."""
     w = mixed_workload(batch, (prompt_tokens, prompt_tokens), (n, n), seed,
                        engine.model_config.vocab_size)
     first = len(engine.telemetry)
     engine.generate(w.prompts, _params(w))
-    return phase_profile(r for r in engine.telemetry[first:]
-                         if r.num_prefill_tokens == 0 and r.num_decode_seqs == batch)
+    return [r for r in engine.telemetry[first:]
+            if r.num_prefill_tokens == 0 and r.num_decode_seqs == batch]
+
+
+def decode_profile(engine: LLMEngine, batch: int, prompt_tokens: int = 32, n: int = 64,
+                   seed: int = 0) -> dict[str, float]:
+    """Phase profile (ms per step) of pure decode steps at `batch` sequences."""
+    return phase_profile(decode_steps(engine, batch, prompt_tokens, n, seed))
 
 
 def engine_decode_latency(engine: LLMEngine, prompt: list[int], n: int) -> float:

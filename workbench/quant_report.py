@@ -70,19 +70,11 @@ def held_out_windows(tokenizer, windows: int, seq_len: int) -> list[list[int]]:
     return [stream[i * seq_len:(i + 1) * seq_len] for i in range(n)]
 
 
-def decode_rate(engine, batch: int, prompt_tokens: int = 32, new_tokens: int = 64,
-                seed: int = 0) -> float:
+def decode_rate(engine, batch: int, seed: int = 0, new_tokens: int = 64) -> float:
     """Output tokens per second over the engine's pure decode steps at `batch` sequences."""
-    from workbench.engine.kv_quality import quality_workload
-    from workbench.engine.sampling_params import SamplingParams
+    from workbench.bench import decode_steps
 
-    prompts = quality_workload(engine.model_config.vocab_size, seed, batch,
-                               (prompt_tokens, prompt_tokens))
-    first = len(engine.telemetry)
-    engine.generate(prompts, SamplingParams(max_tokens=new_tokens, temperature=0.0,
-                                            ignore_eos=True))
-    steps = [r for r in engine.telemetry[first:]
-             if r.num_prefill_tokens == 0 and r.num_decode_seqs == batch]
+    steps = decode_steps(engine, batch, n=new_tokens, seed=seed)
     return sum(r.num_decode_seqs for r in steps) / sum(r.t_end - r.t_start for r in steps)
 
 
@@ -119,7 +111,7 @@ def quant_report(model: str = "tiny-trained", dtype: str = "auto",
     from workbench.engine.kv_quality import compare_logits, teacher_forced_logits
     from workbench.models.quantize import kernel_names
     from workbench.plan.hardware import copy_bandwidth
-    from workbench.plan.models_catalog import arch_from_hf_config
+    from workbench.plan.models_catalog import get_model
 
     specs = [parse_precision(p) for p in precisions]
     if repeats < 1 or windows < 1 or seq_len < 2:
@@ -139,10 +131,10 @@ def quant_report(model: str = "tiny-trained", dtype: str = "auto",
         load_s[label] = time.perf_counter() - start
         log(f"  loaded {label} in {load_s[label]:.1f} s")
     first = engines[precisions[0]]
-    arch = arch_from_hf_config(_read_config(first.model_path), str(model))
+    arch = get_model(first.model_path)
 
     for engine in engines.values():  # warm-up: the first pass pays for allocation
-        decode_rate(engine, 1, new_tokens=8, seed=seed)
+        decode_rate(engine, 1, seed=seed, new_tokens=8)
     rates: dict[tuple[str, int], list[float]] = {}
     for r in range(repeats):
         for label, engine in engines.items():
@@ -193,13 +185,6 @@ def quant_report(model: str = "tiny-trained", dtype: str = "auto",
                         f"({len(targets)} predictions)" if quality else "not measured")),
     })
     return frame
-
-
-def _read_config(path) -> dict:
-    import json
-    from pathlib import Path
-
-    return json.loads((Path(path) / "config.json").read_text())
 
 
 def format_table(frame) -> str:
