@@ -109,6 +109,32 @@ def test_rope_llama3_matches_transformers():
     torch.testing.assert_close(inverse_frequencies(32, 10000.0, scaling), ref)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rope_rotation_equals_transformers_bit_for_bit(dtype):
+    """The engine rotates q and k heads together with a sign-folded sin; transformers' own
+    apply_rotary_pos_emb on the same cos/sin must give identical bits."""
+    import torch
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from workbench.models.rope import RotaryEmbedding
+
+    dt = getattr(torch, dtype)
+    rope = RotaryEmbedding(64, 4096, 10000.0, None)
+    gen = torch.Generator().manual_seed(0)
+    positions = torch.randint(0, 4096, (37,), generator=gen)
+    q = torch.randn(37, 12, 64, generator=gen).to(dt)
+    k = torch.randn(37, 4, 64, generator=gen).to(dt)
+    got = rope.rotate(torch.cat([q, k], 1), rope.tables(positions, dt))
+    freqs = torch.outer(positions.float(), rope.cos.new_tensor(
+        1.0 / (10000.0 ** (torch.arange(0, 64, 2, dtype=torch.int64).float() / 64))))
+    emb = torch.cat((freqs, freqs), -1)
+    want_q, want_k = apply_rotary_pos_emb(  # transformers' layout: [batch, heads, T, D]
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], emb.cos().to(dt)[None],
+        emb.sin().to(dt)[None])
+    assert torch.equal(got[:, :12], want_q[0].transpose(0, 1))
+    assert torch.equal(got[:, 12:], want_k[0].transpose(0, 1))
+
+
 def test_loads_a_checkpoint_written_by_transformers(tmp_path):
     """transformers 5 writes `rope_parameters` and `dtype`; the loader must read what HF saves."""
     import torch

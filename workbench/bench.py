@@ -76,14 +76,19 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
-def run_engine(engine: LLMEngine, w: Workload) -> float:
+def run_engine(engine: LLMEngine, w: Workload) -> tuple[float, int]:
+    """(seconds, model steps) of one pass."""
     engine.reset_prefix_cache()  # every pass computes its prompts: no hits from the last one
-    return _timed(lambda: engine.generate(w.prompts, _params(w)))
+    first = len(engine.telemetry)
+    seconds = _timed(lambda: engine.generate(w.prompts, _params(w)))
+    return seconds, len(engine.telemetry) - first
 
 
-def run_static(engine: LLMEngine, w: Workload, batch_size: int) -> float:
+def run_static(engine: LLMEngine, w: Workload, batch_size: int) -> tuple[float, int]:
+    """(seconds, model steps) of one pass."""
     engine.reset_prefix_cache()
-    return _timed(lambda: StaticBatcher(engine, batch_size).generate(w.prompts, _params(w)))
+    batcher = StaticBatcher(engine, batch_size)
+    return _timed(lambda: batcher.generate(w.prompts, _params(w))), batcher.num_steps
 
 
 def run_hf(hf_model, w: Workload, batch_size: int, pad_id: int = 0) -> float:
@@ -169,11 +174,15 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
         contestants[f"HF generate (padded batches of {batch_size})"] = lambda: run_hf(
             hf, w, batch_size)
     runs: dict[str, list[float]] = {name: [] for name in contestants}
+    model_steps: dict[str, int] = {}
     mixed_steps = []
     for r in range(repeats):
         for name, fn in contestants.items():
             first = len(engine.telemetry)
-            runs[name].append(fn())
+            seconds_and_steps = fn()
+            if isinstance(seconds_and_steps, tuple):  # the engine and static batching
+                seconds_and_steps, model_steps[name] = seconds_and_steps
+            runs[name].append(seconds_and_steps)
             if name == engine_name:
                 mixed_steps = engine.telemetry[first:]
         log(f"  repeat {r + 1}/{repeats}: "
@@ -204,6 +213,9 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
                                 "hf": hf_tpot * 1e3 if hf_tpot else None,
                                 "bandwidth_bound": bound * 1e3},
         "copy_bandwidth_gb_s": bandwidth / 1e9,
+        "model_steps": model_steps,
+        "engine_mean_sequences_per_step": statistics.mean(
+            r.num_decode_seqs + r.num_prefill_seqs for r in mixed_steps),
         "engine_first_pass_tok_s": w.useful_tokens / engine_runs[0],
         "engine_later_passes_tok_s": (w.useful_tokens / statistics.median(engine_runs[1:])
                                       if len(engine_runs) > 1 else None),
@@ -229,6 +241,12 @@ def format_table(r: dict) -> str:
     lines.append("")
     lines.append(f"engine / static baseline: {r['engine_vs_static']:.2f}x;  "
                  + (f"engine / HF generate: {r['engine_vs_hf']:.2f}x" if r["engine_vs_hf"] else ""))
+    if r.get("model_steps"):
+        steps = list(r["model_steps"].values())
+        lines.append(f"model steps per pass: engine {steps[0]} (mean "
+                     f"{r['engine_mean_sequences_per_step']:.1f} sequences a step), static "
+                     f"{steps[1]} (every step at the full batch: finished members keep "
+                     f"computing until the batch's longest is done)")
     d = r["decode_ms_per_token"]
     hf_part = (f"HF generate {d['hf']:.2f} ms ({d['engine'] / d['hf']:.2f}x HF), "
                if d["hf"] else "")

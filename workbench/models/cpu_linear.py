@@ -1,14 +1,20 @@
 """fp32 projections on CPU through oneDNN, with the weight handed to it once in its own format.
 
-Why: the engine's step time is its linear layers (the step profiler: 73-93% of a decode or mixed
+Why: the engine's step time is its linear layers (the step profiler: 62-93% of a decode or mixed
 step on `small`), and for fp32 aten's F.linear calls MKL's sgemm, which at decode's few rows
 reads the weights at about half the machine's read bandwidth. oneDNN's inner product
 (`torch.ops.mkldnn._linear_pointwise`, what torch.compile's CPU backend emits for a linear)
 over a weight converted once with `to_mkldnn()` was measured on this project's 2-core CPU
 (the 32 projections of `small`, 201 MB, medians of 7): 1.8x faster at one row (8.1 vs 14.6
 ms, ~25 GB/s), 2.1x at 4, 1.5x at 16, 1.3x at 64, 1.1x at 256 and 1.07x at 2,048 rows, with
-results equal to F.linear's on those layers. For bf16 / fp16 aten already calls oneDNN (same
-speed measured), so only fp32 models are converted.
+results equal to F.linear's on those layers. Reordering the weight once into oneDNN's blocked
+layout for a batch of 64 rows (`torch.ops.mkldnn._reorder_linear_weight`, what torch.compile's
+freezing pass does for bf16) instead of the plain `to_mkldnn()` layout saves the per-call
+reorder (`benchmarks/bench_linear.py`, same layers, medians of 5 interleaved passes): 1.47x
+faster at 4 rows (11.3 vs 16.6 ms), 1.37x at 16 (13.5 vs 18.6), 1.08x at 64, 1.05x at 512,
+even at one row (11.2 vs 11.6).
+For bf16 / fp16 aten already calls oneDNN (same speed measured), so only fp32 models are
+converted.
 
 `pack_linears` swaps the decoder projections and the LM head (not a tied one: that would store
 the embedding twice) of a CPU fp32 model for `OneDnnLinear` in place; quantized layers stay as
@@ -23,9 +29,12 @@ from torch import nn
 from workbench.models.quantize import projections
 
 
+REORDER_ROWS = 64  # the batch the blocked layout is chosen for: decode batches and chunks
+
+
 def onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                            "_linear_pointwise")
+    return torch.backends.mkldnn.is_available() and all(
+        hasattr(torch.ops.mkldnn, op) for op in ("_linear_pointwise", "_reorder_linear_weight"))
 
 
 class OneDnnLinear(nn.Module):
@@ -36,7 +45,8 @@ class OneDnnLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_onednn", linear.weight.detach().to_mkldnn())
+        self.register_buffer("weight_onednn", torch.ops.mkldnn._reorder_linear_weight(
+            linear.weight.detach(), REORDER_ROWS))
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

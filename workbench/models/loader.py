@@ -107,11 +107,8 @@ def finish_model(net: LlamaForCausalLM, state: dict[str, torch.Tensor],
     if cfg.tie_word_embeddings:
         net.lm_head.weight = net.embed_tokens.weight
     # RoPE tables are buffers built on meta; rebuild them for real on the target device.
-    rope = net.layers[0].self_attn.rope
-    real_rope = type(rope)(cfg.head_dim, max_positions or cfg.max_position_embeddings,
-                           cfg.rope_theta, cfg.rope_scaling)
-    for layer in net.layers:
-        layer.self_attn.rope = real_rope
+    net.rope = type(net.rope)(cfg.head_dim, max_positions or cfg.max_position_embeddings,
+                              cfg.rope_theta, cfg.rope_scaling)
     return net.to(dev).eval()
 
 

@@ -26,7 +26,8 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> to
 
 
 class RotaryEmbedding(torch.nn.Module):
-    """cos/sin tables for every position up to max_positions, indexed per token."""
+    """cos/sin tables for every position up to max_positions. The model looks up one step's
+    rows once (`tables`) and every layer rotates its q and k together (`rotate`)."""
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict | None):
         super().__init__()
@@ -34,15 +35,21 @@ class RotaryEmbedding(torch.nn.Module):
         freqs = torch.outer(torch.arange(max_positions).float(), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        # sin with rotate_half's sign folded in: [-sin, sin] over the two halves. Then
+        # rotate_half(x) * sin == roll(x, half) * signed_sin exactly (only signs move), so
+        # the result matches Hugging Face's q * cos + rotate_half(q) * sin bit for bit.
+        sin = emb.sin()
+        half = head_dim // 2
+        self.register_buffer("signed_sin", torch.cat((-sin[:, :half], sin[:, half:]), -1),
+                             persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """q: [T, heads, D], k: [T, kv_heads, D]; positions: [T]."""
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    def tables(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, signed sin) of `positions` [T], shaped [T, 1, D] in `dtype`."""
+        return (self.cos[positions].unsqueeze(1).to(dtype),
+                self.signed_sin[positions].unsqueeze(1).to(dtype))
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    @staticmethod
+    def rotate(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x: [T, heads, D] (q and k heads side by side) -> x rotated by its positions."""
+        cos, signed_sin = tables
+        return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
