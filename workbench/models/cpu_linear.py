@@ -28,7 +28,6 @@ from torch import nn
 
 from workbench.models.quantize import projections
 
-
 REORDER_ROWS = 64  # the batch the blocked layout is chosen for: decode batches and chunks
 
 
