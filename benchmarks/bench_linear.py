@@ -7,12 +7,15 @@ For every decoder projection shape of --model (fused qkv, o, fused gate/up, down
 random weight per layer, so a pass streams all the model's projection bytes as a decode step
 does, never from cache), the time of one pass over all of them at each row count, for:
 
-- fp32: F.linear (aten -> MKL sgemm), oneDNN over a `to_mkldnn()` weight, and oneDNN over a
+- fp32: F.linear (aten -> MKL sgemm), oneDNN over a `to_mkldnn()` weight, oneDNN over a
   weight reordered once for 64-row batches (workbench.models.cpu_linear.OneDnnLinear, what
-  the engine uses for fp32 on CPU);
+  the engine uses for fp32 on CPU), and a batched matmul over the weight laid out as
+  [out / 32, in, 32] panels (a GEMV-friendly layout: each panel is read once, contiguously;
+  not used by the engine, since keeping it beside oneDNN's copy would double weight memory);
 - bf16: F.linear (aten -> oneDNN), and int8 / int4 (group 64) weight-only layers through their
   CPU kernel and through the reference path (dequantize + dense), the cross-over that sets
-  `kernel_max_rows` in workbench.models.quantize.
+  `kernel_max_rows` in workbench.models.quantize (group 64, or the largest that divides every
+  layer's input features).
 
 Systems run interleaved, one pass each in turn, --repeats times; medians reported with the
 ratio to F.linear of the same dtype (>1 = faster) and the weight-read rate a pass reached.
@@ -36,6 +39,8 @@ from torch import nn  # noqa: E402
 from workbench.models.cpu_linear import OneDnnLinear, onednn_available  # noqa: E402
 from workbench.models.quantize import Int4Linear, Int8Linear  # noqa: E402
 from workbench.plan.models_catalog import get_model  # noqa: E402
+
+PANEL = 32  # output channels per panel of the GEMV-friendly layout
 
 
 def projection_shapes(model: str) -> list[tuple[int, int]]:
@@ -64,23 +69,27 @@ def systems(shapes, seed: int) -> dict[str, tuple[torch.dtype, list, int]]:
             for w in plain], fp32_bytes)
         out["fp32 oneDNN, reordered weight (engine)"] = (
             torch.float32, [OneDnnLinear(lin) for lin in linears], fp32_bytes)
+    if all(o % PANEL == 0 for o, _ in shapes):
+        panels = [lin.weight.detach().view(-1, PANEL, lin.in_features).transpose(1, 2)
+                  .contiguous() for lin in linears]
+        out[f"fp32 batched matmul, [out/{PANEL}, in, {PANEL}] panels"] = (torch.float32, [
+            lambda x, w=w: torch.matmul(x, w).transpose(0, 1).reshape(x.shape[0], -1)
+            for w in panels], fp32_bytes)
     bf16 = [nn.Linear(lin.in_features, lin.out_features, bias=False).to(torch.bfloat16)
             for lin in linears]
     for b, lin in zip(bf16, linears, strict=True):
         b.weight.data = lin.weight.data.to(torch.bfloat16)
     out["bf16 F.linear"] = (torch.bfloat16, bf16, fp32_bytes // 2)
     int8 = [Int8Linear(b) for b in bf16]
-    int4 = [Int4Linear.from_linear(b, 64) for b in bf16]
-    q8_bytes = sum(m.stored_bytes() for m in int8)
-    q4_bytes = sum(m.stored_bytes() for m in int4)
-    out["bf16 int8 kernel"] = (torch.bfloat16, [lambda x, m=m: m._kernel_matmul(x)
-                                                for m in int8], q8_bytes)
-    out["bf16 int8 dequantize + dense"] = (torch.bfloat16, [
-        lambda x, m=m: F.linear(x, m.dequantized(x.dtype)) for m in int8], q8_bytes)
-    out["bf16 int4 g64 kernel"] = (torch.bfloat16, [lambda x, m=m: m._kernel_matmul(x)
-                                                    for m in int4], q4_bytes)
-    out["bf16 int4 g64 dequantize + dense"] = (torch.bfloat16, [
-        lambda x, m=m: F.linear(x, m.dequantized(x.dtype)) for m in int4], q4_bytes)
+    group = next(g for g in (64, 32, 16, 8, 4, 2) if all(i % g == 0 for _, i in shapes))
+    int4 = [Int4Linear.from_linear(b, group) for b in bf16]
+    for name, layers in (("int8", int8), (f"int4 g{group}", int4)):
+        nbytes = sum(m.stored_bytes() for m in layers)
+        if all(m.kernel_name != "dequantize" for m in layers):  # the kernel takes the shapes
+            out[f"bf16 {name} kernel"] = (torch.bfloat16, [
+                lambda x, m=m: m._kernel_matmul(x) for m in layers], nbytes)
+        out[f"bf16 {name} dequantize + dense"] = (torch.bfloat16, [
+            lambda x, m=m: F.linear(x, m.dequantized(x.dtype)) for m in layers], nbytes)
     return out
 
 

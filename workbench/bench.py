@@ -22,7 +22,6 @@ from workbench.engine import EngineConfig, LLMEngine, SamplingParams
 from workbench.engine.static import StaticBatcher
 from workbench.engine.telemetry import phase_profile
 from workbench.models.tokenizer_builder import FIRST_ORDINARY_TOKEN_ID
-from workbench.plan.hardware import copy_bandwidth  # the project's one bandwidth measurement
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,11 @@ def run_hf(hf_model, w: Workload, batch_size: int, pad_id: int = 0) -> float:
                                   do_sample=False, pad_token_id=pad_id)
 
     return _timed(go)
+
+
+# Cached tokens the decode rooflines are priced at: the decode measurements run 32-token
+# prompts with 64-128 new tokens; at this size K/V reads are <1% of the weight reads.
+DECODE_CONTEXT = 64
 
 
 def decode_steps(engine: LLMEngine, batch: int, prompt_tokens: int = 32, n: int = 64,
@@ -198,8 +202,7 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
                                  for _ in range(max(3, repeats)))
     hf_tpot = (statistics.median(hf_decode_latency(hf, prompt, n_decode)
                                  for _ in range(max(3, repeats))) if hf is not None else None)
-    bandwidth = copy_bandwidth(1 << 28, budget_s=0.5, device=engine.device.type)
-    bound = engine.model.weight_bytes() / bandwidth
+    roofline = roofline_bounds(engine, (1, batch_size), context=DECODE_CONTEXT)
 
     names = list(seconds)
     result = {
@@ -211,8 +214,8 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
         "engine_vs_hf": seconds[names[2]] / seconds[names[0]] if hf is not None else None,
         "decode_ms_per_token": {"engine": eng_tpot * 1e3,
                                 "hf": hf_tpot * 1e3 if hf_tpot else None,
-                                "bandwidth_bound": bound * 1e3},
-        "copy_bandwidth_gb_s": bandwidth / 1e9,
+                                "roofline": roofline["batch 1"]},
+        "roofline_ms": roofline,
         "model_steps": model_steps,
         "engine_mean_sequences_per_step": statistics.mean(
             r.num_decode_seqs + r.num_prefill_seqs for r in mixed_steps),
@@ -225,7 +228,6 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
                                          f"batch {batch_size}": decode_profile(
                                              engine, batch_size, seed=seed),
                                          "mixed": phase_profile(mixed_steps)}
-        result["roofline_ms"] = roofline_bounds(engine, (1, batch_size), context=64)
     log("")
     log(format_table(result))
     return result
@@ -251,29 +253,31 @@ def format_table(r: dict) -> str:
     hf_part = (f"HF generate {d['hf']:.2f} ms ({d['engine'] / d['hf']:.2f}x HF), "
                if d["hf"] else "")
     lines.append(f"batch-1 decode: engine {d['engine']:.2f} ms/token, {hf_part}"
-                 f"bandwidth bound {d['bandwidth_bound']:.2f} ms "
-                 f"({d['engine'] / d['bandwidth_bound']:.1f}x the bound; copy bandwidth "
-                 f"{r['copy_bandwidth_gb_s']:.1f} GB/s)")
+                 + (f"roofline {d['roofline']:.2f} ms ({d['engine'] / d['roofline']:.1f}x)"
+                    if d["roofline"] else "roofline: n/a"))
+    roof = r["roofline_ms"]
+    rate = roof["matmul_tflops"]
+    lines.append(f"(roofline: the planner's step model at peak efficiency with this machine's "
+                 f"copy bandwidth {roof['bandwidth_gb_s']:.1f} GB/s and measured matmul "
+                 + (f"{rate * 1e3:.0f} GFLOP/s)" if rate else "rate: not measured for this dtype)"))
     if r.get("engine_later_passes_tok_s"):
         lines.append(f"engine first pass after start {r['engine_first_pass_tok_s']:.0f} tok/s, "
                      f"later passes {r['engine_later_passes_tok_s']:.0f} tok/s "
                      f"({r['engine_first_pass_tok_s'] / r['engine_later_passes_tok_s']:.2f}x)")
     if r.get("profile_ms_per_step"):
         lines += ["", profile_table(r["profile_ms_per_step"])]
-        roof = r["roofline_ms"]
         for name, p in r["profile_ms_per_step"].items():
-            if name in roof:
+            if roof.get(name):
                 lines.append(f"{name} decode step {p['step']:.2f} ms vs this machine's "
                              f"roofline {roof[name]:.2f} ms ({p['step'] / roof[name]:.1f}x)")
-        lines.append(f"(roofline: copy bandwidth {roof['bandwidth_gb_s']:.1f} GB/s, measured "
-                     f"matmul {roof['matmul_tflops'] * 1e3:.0f} GFLOP/s)")
     return "\n".join(lines)
 
 
 def roofline_bounds(engine: LLMEngine, batches, context: int) -> dict:
     """This machine's roofline for a decode step of each batch size at `context` cached
     tokens (the planner's step-cost model at peak efficiency, no fixed overhead), with the
-    machine's measured copy bandwidth and matmul rate (plan.hardware.measure_hardware)."""
+    machine's measured copy bandwidth and matmul rate (plan.hardware.measure_hardware). No
+    rate measured for the model's dtype (fp16 on most CPUs): the batches' entries are None."""
     from workbench.plan.hardware import measure_hardware
     from workbench.plan.models_catalog import get_model
     from workbench.plan.roofline import PEAK, decode_step
@@ -282,10 +286,11 @@ def roofline_bounds(engine: LLMEngine, batches, context: int) -> dict:
     precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
         engine.dtype]
     arch = get_model(engine.model_path)
-    return {"bandwidth_gb_s": hw.memory_bandwidth_gb_s,
-            "matmul_tflops": hw.peak_tflops.get(precision),
+    rate = hw.peak_tflops.get(precision)
+    return {"bandwidth_gb_s": hw.memory_bandwidth_gb_s, "matmul_tflops": rate,
             **{f"batch {b}": decode_step(arch, hw, b, context, precision, efficiency=PEAK,
-                                         overhead_s=0.0).time_s * 1e3 for b in batches}}
+                                         overhead_s=0.0).time_s * 1e3 if rate else None
+               for b in batches}}
 
 
 def profile_table(profiles: dict[str, dict[str, float]]) -> str:
