@@ -49,7 +49,9 @@ def test_bench_runs_and_writes_results(tmp_path):
 
     assert data["useful_tokens"] == mixed_workload(6, seed=0).useful_tokens
     assert len(data["throughput_tok_s"]) == 2  # engine and static: --no-hf leaves HF out
-    assert data["decode_ms_per_token"]["bandwidth_bound"] > 0
+    assert data["decode_ms_per_token"]["roofline"] > 0
+    assert data["roofline_ms"]["batch 1"] == data["decode_ms_per_token"]["roofline"]
+    assert data["model_steps"]["static batching (batches of 3)"] > 0
 
 
 def test_models_list():

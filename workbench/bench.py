@@ -153,17 +153,20 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
                   batch_size: int = 16, repeats: int = 1, seed: int = 0,
                   include_hf: bool = True, log: Callable[[str], None] = print,
                   prompt_range: tuple[int, int] = (16, 512),
-                  output_range: tuple[int, int] = (16, 256), profile: bool = False) -> dict:
+                  output_range: tuple[int, int] = (16, 256), profile: bool = False,
+                  attention_backend: str = "sdpa") -> dict:
     """Each repeat runs every system once, in rotation (machine noise falls on all); the
     engine goes first, so its first pass is the first work after start-up (no warm-up):
     reported beside the median of the later passes."""
     from transformers import AutoModelForCausalLM
 
-    engine = LLMEngine.from_pretrained(model, EngineConfig(dtype=dtype, max_num_seqs=batch_size))
+    engine = LLMEngine.from_pretrained(model, EngineConfig(
+        dtype=dtype, max_num_seqs=batch_size, attention_backend=attention_backend))
     w = mixed_workload(num_requests, prompt_range, output_range, seed,
                        engine.model_config.vocab_size)
     log(f"workload: {w.describe()}")
     log(f"model: {model} ({engine.model.weight_bytes() / 1e6:.0f} MB of weights, {dtype}), "
+        f"attention backend {attention_backend}, "
         f"torch threads: {torch.get_num_threads()}, repeats: {repeats} (medians reported)")
     hf = None
     if include_hf:
@@ -206,7 +209,8 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
 
     names = list(seconds)
     result = {
-        "model": model, "dtype": dtype, "seed": seed, "workload": w.describe(),
+        "model": model, "dtype": dtype, "seed": seed, "attention_backend": attention_backend,
+        "workload": w.describe(),
         "useful_tokens": w.useful_tokens, "repeats": repeats,
         "throughput_tok_s": {k: w.useful_tokens / v for k, v in seconds.items()},
         "seconds": seconds,

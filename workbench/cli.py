@@ -62,6 +62,9 @@ def bench(
     outputs: Annotated[str, typer.Option(help="Output tokens, MIN-MAX (uniform).")] = "16-256",
     profile: Annotated[bool, typer.Option(
         help="Print where each step's time goes (batch 1, batch-size, mixed).")] = False,
+    attention_backend: Annotated[str, typer.Option(
+        help="sdpa | cpu-kernel (fp32 CPU decode attention in C++, compiled on first use).")
+    ] = "sdpa",
 ):
     """Throughput: this engine vs static batching vs HF generate on one seeded workload."""
     from workbench.bench import parse_range, run_benchmark, save
@@ -72,7 +75,8 @@ def bench(
             raise ValueError(f"{name}: must be >= 1, got {value}")
     result = run_benchmark(model, dtype, requests, batch_size, repeats, seed, include_hf=hf,
                            log=typer.echo, prompt_range=parse_range("prompts", prompts),
-                           output_range=parse_range("outputs", outputs), profile=profile)
+                           output_range=parse_range("outputs", outputs), profile=profile,
+                           attention_backend=attention_backend)
     if out:
         typer.echo(f"\nresults written to {save(result, out)}")
 

@@ -50,6 +50,11 @@ class EngineConfig:
     # load (workbench.models.cpu_linear; 1.1-2x faster than F.linear measured). Applied by
     # LLMEngine.from_pretrained; a model passed to LLMEngine is left as it is.
     onednn_linear: bool = True
+    # How decode rows attend: "sdpa" (gather each sequence's blocks, padded to the longest
+    # context, then scaled_dot_product_attention) or "cpu-kernel" (fp32 on CPU, "auto" KV: a
+    # C++ kernel reads the paged pool directly; compiled on first use, workbench.models.
+    # paged_attention_cpu). Prefill chunks always use SDPA.
+    attention_backend: str = "sdpa"
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens",
@@ -83,6 +88,16 @@ class EngineConfig:
                 raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}")
         check_kv_cache_dtype(self.kv_cache_dtype)
         check_quantization(self.quantization)
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend: must be one of {', '.join(ATTENTION_BACKENDS)};"
+                             f" got {self.attention_backend!r}")
+        if self.attention_backend == "cpu-kernel":
+            for name, allowed in (("device", ("auto", "cpu")), ("dtype", ("auto", "float32")),
+                                  ("kv_cache_dtype", ("auto",))):
+                if getattr(self, name) not in allowed:
+                    raise ValueError(f"attention_backend: cpu-kernel needs {name} "
+                                     f"{' or '.join(allowed)}, got {getattr(self, name)!r}; "
+                                     f"use attention_backend='sdpa'")
 
     @classmethod
     def from_dict(cls, values: dict) -> EngineConfig:
@@ -91,6 +106,9 @@ class EngineConfig:
             raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; allowed: "
                              + ", ".join(cls.__slots__))
         return cls(**values)
+
+
+ATTENTION_BACKENDS = ("sdpa", "cpu-kernel")
 
 
 def check_quantization(value) -> None:

@@ -70,7 +70,8 @@ class LLMEngine:
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
                                           sizing.num_swap_blocks)
         self.scheduler = Scheduler(sizing.scheduler, self.block_manager)
-        self.runner = ModelRunner(model, self.kv_caches, config.block_size, config.seed)
+        self.runner = ModelRunner(model, self.kv_caches, config.block_size, config.seed,
+                                  config.attention_backend)
         self.telemetry: list[StepRecord] = []
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._ids = itertools.count()

@@ -18,7 +18,8 @@ from workbench.models.llama import LlamaForCausalLM
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, kv_caches, block_size: int, seed: int):
+    def __init__(self, model: LlamaForCausalLM, kv_caches, block_size: int, seed: int,
+                 attention_backend: str = "sdpa"):
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
@@ -26,6 +27,15 @@ class ModelRunner:
         self.window = model.config.sliding_window
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.profile: dict[str, float] = {}
+        self.decode_kernel = None
+        if attention_backend == "cpu-kernel":
+            from workbench.models import paged_attention_cpu
+
+            if self.device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
+                raise ValueError("attention_backend: cpu-kernel needs a float32 model on CPU; "
+                                 "use attention_backend='sdpa'")
+            paged_attention_cpu.load_kernel()  # compile now: start-up pays, not a request
+            self.decode_kernel = paged_attention_cpu.decode_attention
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSeq]) -> list[int | None]:
@@ -118,12 +128,19 @@ class ModelRunner:
     def _decode_metadata(self, meta: AttentionMetadata, tables: np.ndarray,
                          ctx: np.ndarray) -> None:
         """Block tables cut to the longest context, and a mask hiding the padding (and, with
-        a sliding window, what lies outside it)."""
+        a sliding window, what lies outside it); for the C++ kernel, the context lengths and
+        first attended positions instead of the mask."""
         bs = self.block_size
         width = -(-int(ctx.max()) // bs)
         dev = self.device
         meta.decode_block_tables = torch.from_numpy(
             np.ascontiguousarray(tables[:, :width])).to(dev)
+        if self.decode_kernel is not None:
+            first = (np.maximum(ctx - self.window, 0) if self.window is not None
+                     else np.zeros_like(ctx))
+            meta.decode_kernel = self.decode_kernel
+            meta.decode_context = (torch.from_numpy(ctx.copy()), torch.from_numpy(first))
+            return
         key_pos = torch.arange(width * bs, device=dev)
         ctx_t = torch.from_numpy(ctx).to(dev).unsqueeze(1)
         mask = key_pos < ctx_t

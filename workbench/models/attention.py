@@ -2,7 +2,8 @@
 
 The runner lays the batch out as [decode tokens..., prefill chunk 1..., prefill chunk 2...].
 Decode tokens are attended in one batched SDPA call over their gathered blocks (padding masked
-out); each prefill chunk gets its own call, since chunks differ in length. Gathers go into
+out), or, with attention_backend="cpu-kernel", by a C++ kernel reading the pool in place;
+each prefill chunk gets its own SDPA call, since chunks differ in length. Gathers go into
 buffers allocated once per step and reused by every layer.
 
 The layer's cache (engine.kv_cache) owns the storage format: `write` stores new K/V
@@ -39,6 +40,10 @@ class AttentionMetadata:
     decode_mask: torch.Tensor | None  # [B, 1, 1, max_blocks * block_size]
     prefills: list[PrefillChunk]
     buffers: dict = field(default_factory=dict)  # per-step gather buffers shared by layers
+    # The C++ decode kernel (attention_backend="cpu-kernel") and its (context lengths, first
+    # attended positions) [num_decode] each; None: decode rows gather and use SDPA.
+    decode_kernel: object = None
+    decode_context: tuple | None = None
     attention_s: float = 0.0  # wall time in paged_attention this step (CPU: kernels are sync)
 
 
@@ -57,7 +62,10 @@ def paged_attention(
     out = torch.empty_like(q)
 
     b = meta.num_decode
-    if b:
+    if b and meta.decode_kernel is not None:
+        out[:b] = meta.decode_kernel(q[:b], kv_cache.k, kv_cache.v, meta.decode_block_tables,
+                                     *meta.decode_context)
+    elif b:
         tables = meta.decode_block_tables
         keys, values = kv_cache.gather(tables.reshape(-1), meta.buffers, "decode")
         keys = keys.view(b, -1, kv_heads, head_dim).transpose(1, 2)
