@@ -149,8 +149,10 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
         rid = f"{dialect.id_prefix}-{next(ids)}"
         try:
             sink = await worker.submit(rid, prompt(), body.sampling_params())
-        except ValueError as e:
-            return reject("invalid_request", 400, str(e), str(e).split(":")[0])
+        except ValueError as e:  # the engine names the field: a chat's prompt is its messages
+            param, _, rest = str(e).partition(":")
+            param = dialect.prompt_field if param == "prompt" else param
+            return reject("invalid_request", 400, f"{param}:{rest}", param)
         except EngineUnavailable as e:
             return reject("unavailable", 503, f"engine unavailable: {e}", None, "server_error")
         except EngineFault as e:

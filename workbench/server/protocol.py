@@ -124,6 +124,7 @@ class Dialect:
     object: str  # of the whole response
     chunk_object: str  # of each streamed chunk
     chat: bool
+    prompt_field: str  # what the client sent the prompt as (errors about it name this)
 
     def choice(self, text: str, finish_reason: str | None) -> dict:
         """The one choice of a whole (non-streamed) response."""
@@ -140,5 +141,5 @@ class Dialect:
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
-COMPLETION = Dialect("cmpl", "text_completion", "text_completion", chat=False)
-CHAT = Dialect("chatcmpl", "chat.completion", "chat.completion.chunk", chat=True)
+COMPLETION = Dialect("cmpl", "text_completion", "text_completion", False, "prompt")
+CHAT = Dialect("chatcmpl", "chat.completion", "chat.completion.chunk", True, "messages")
