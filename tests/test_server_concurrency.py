@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from tests.server_helpers import scrape
 from tests.test_server_worker import drain
 from workbench.engine import SamplingParams
 from workbench.server.app import create_app
@@ -116,4 +117,10 @@ def test_a_non_streaming_client_that_hangs_up_is_aborted(tiny_engine_factory):
         r = httpx.post(f"{url}/v1/completions", timeout=60, json={
             "prompt": "Hi", "max_tokens": 2, "ignore_eos": True})
         assert r.status_code == 200
+        metrics = scrape(url)
     assert steps_when_idle < max_tokens, "the abandoned request ran to completion"
+    # /metrics counts it as an abort, with the tokens generated before the abort took effect.
+    assert metrics["workbench:request_success_total{finished_reason=abort}"] == 1
+    assert metrics["workbench:request_success_total{finished_reason=length}"] == 1
+    aborted_tokens = metrics["workbench:generation_tokens_total"] - 2
+    assert 3 <= aborted_tokens <= steps_when_idle

@@ -11,55 +11,20 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import pytest
 
+from tests.server_helpers import kill_server, start_server, stop_server
+
 LONE_SURROGATE = b'{"prompt": "\\ud800", "max_tokens": 2}'
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(model: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "serve", "--model", model, "--host", "127.0.0.1",
-         "--port", str(port), "--max-num-seqs", "8"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):  # bounded: about two minutes
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail("server did not come up")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_path):
-    proc, url = _start(str(tiny_path))
+    proc, url = start_server(str(tiny_path))
     yield url, str(tiny_path)
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    finally:
-        _stop(proc)
+    stop_server(proc)
 
 
 def _post_raw(url: str, raw: bytes) -> httpx.Response:
@@ -111,7 +76,7 @@ def test_clients_never_see_local_paths(server):
 
 
 def test_sigterm_stops_the_server_mid_stream(tiny_path):
-    proc, url = _start(str(tiny_path))
+    proc, url = start_server(str(tiny_path))
     try:
         assert _post_raw(url, LONE_SURROGATE).status_code == 400
         first_chunk = threading.Event()
@@ -141,7 +106,7 @@ def test_sigterm_stops_the_server_mid_stream(tiny_path):
         assert ended and ended[-1] == "ended"
         assert b"Traceback" not in proc.stdout.read()
     finally:
-        _stop(proc)
+        kill_server(proc)
 
 
 def _serve_args(*args: str) -> subprocess.CompletedProcess:

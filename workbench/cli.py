@@ -185,8 +185,9 @@ def serve(
     quantization_group_size: Annotated[int, typer.Option(
         help="Input channels per int4 scale/zero group (32, 64, 128).")] = 128,
 ):
-    """OpenAI-compatible server: POST /v1/completions (SSE), GET /v1/models, GET /health.
-    Prints the engine's memory report to stderr at start."""
+    """OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (SSE or
+    whole), GET /v1/models, GET /health, GET /metrics (Prometheus text). Prints the engine's
+    memory report to stderr at start."""
     from workbench.engine import EngineConfig
     from workbench.server.app import serve as run_server
 

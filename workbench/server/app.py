@@ -1,69 +1,50 @@
-"""A minimal OpenAI-compatible server: POST /v1/completions (SSE streaming or not),
-GET /v1/models, GET /health. The serving issue grows it (chat, auth, limits, /metrics).
+"""A minimal OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (SSE
+streaming or not), GET /v1/models, GET /health, GET /metrics. The serving issue grows it
+(auth, limits, WebSocket, replicas).
 
 A client's mistake is a 400 with an OpenAI-style error body naming the field, never a 500; an
 engine fault is a 500 for the requests it touched and never stops the server; an engine that
 cannot serve at all makes /health and every completion a fast 503. Clients see the model by
 its name (preset or directory basename), never a local path.
+
+Both generation endpoints run `generate` below: the request formats are protocol.py, the
+prompt of a chat is chat.py, reading a request's outputs (timing, counting, aborting when the
+client leaves) is relay.py, and /metrics is metrics.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workbench.engine import SamplingParams
-from workbench.engine.sampling_params import require_utf8
 from workbench.server import WORKBENCH_OWNER
+from workbench.server.chat import chat_prompt
+from workbench.server.metrics import CONTENT_TYPE, ServerMetrics
+from workbench.server.protocol import (
+    CHAT,
+    COMPLETION,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Dialect,
+    SamplingRequest,
+    error_response,
+    usage_of,
+)
+from workbench.server.relay import Flight, FlightStream
 from workbench.server.worker import EngineFailure, EngineFault, EngineUnavailable, EngineWorker
 
 GRACEFUL_SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM, then are aborted
-
-
-def _encodable(value, info: ValidationInfo):
-    """JSON can carry a lone surrogate ("\\ud800") that no tokenizer accepts and no response
-    can echo: reject it here, as a 400 naming the field, by the engine's own rule."""
-    for s in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
-        if isinstance(s, str):
-            require_utf8(info.field_name, s)
-    return value
-
-
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
-    model: str | None = None
-    prompt: str | list[int]
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # vLLM extension
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None  # vLLM extension
-    ignore_eos: bool = False  # vLLM extension, used by load tests
-    stream: bool = False
-    stream_options: dict | None = Field(None, description="{include_usage: bool}")
-
-    _text = field_validator("model", "prompt", "stop")(_encodable)
-
-
-def _error(status: int, message: str, param: str | None = None,
-           kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {
-        "message": message, "type": kind, "param": param, "code": None}})
 
 
 def served_name(model: str | os.PathLike) -> str:
@@ -75,24 +56,26 @@ def served_name(model: str | os.PathLike) -> str:
     return Path(model).expanduser().resolve().name or "model"
 
 
-async def _final(sink: asyncio.Queue):
-    """The finished output (or the EngineFailure) of a non-streaming request."""
-    while True:
-        out = await sink.get()
-        if isinstance(out, EngineFailure) or out.finished:
-            return out
-
-
-async def _disconnected(receive) -> None:
-    """Returns when the client closes the connection (the body has been read already)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+def _validation_error(exc: RequestValidationError) -> tuple[str, str]:
+    """(message, param) of the first problem in a request body pydantic refused."""
+    first = exc.errors()[0]
+    loc = [p for p in first["loc"] if p != "body"]
+    if first["type"] == "json_invalid":  # loc is (body, character offset)
+        return (f"body: not valid JSON ({first.get('ctx', {}).get('error', first['msg'])} "
+                f"at character {loc[0] if loc else 0})", "body")
+    field = ".".join(str(p) for p in loc) or "body"
+    message = first["msg"].removeprefix("Value error, ")
+    # A validator that named its field (the engine's own checks do) names only the last part.
+    message = message.removeprefix(f"{loc[-1]}: ") if loc else message
+    return f"{field}: {message}", field
 
 
 def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = ()) -> FastAPI:
     """`model_name` is what /v1/models lists; requests may also name the model by an alias
     (e.g. the path it was loaded from), which is accepted but never echoed."""
     worker = EngineWorker(engine)
+    metrics = ServerMetrics(worker)
+    tokenizer = engine.tokenizer  # read once, before the engine thread starts (see chat.py)
     model_name = model_name or served_name(engine.model_path or "model")
     accepted = {model_name, *aliases}
     paths = sorted({a for a in accepted if os.sep in a}, key=len, reverse=True)
@@ -103,11 +86,13 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
             text = text.replace(p, model_name)
         return text
 
-    def unavailable(reason: str) -> JSONResponse:
-        return _error(503, f"engine unavailable: {redact(reason)}", None, "server_error")
+    def reject(reason: str, status: int, message: str, param: str | None = None,
+               kind: str = "invalid_request_error") -> JSONResponse:
+        metrics.rejected(reason)
+        return error_response(status, redact(message), param, kind)
 
     def engine_failure(message: str) -> JSONResponse:
-        return _error(500, f"engine failure: {redact(message)}", None, "server_error")
+        return error_response(500, f"engine failure: {redact(message)}", None, "server_error")
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -117,19 +102,16 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
 
     app = FastAPI(title="workbench", lifespan=lifespan)
     app.state.worker = worker
+    app.state.metrics = metrics
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_req, exc: RequestValidationError):
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"] if p != "body")
-        message = first["msg"].removeprefix("Value error, ")
-        if not message.startswith(f"{field}: "):  # the engine's own checks name the field
-            message = f"{field}: {message}"
-        return _error(400, message, field)
+        message, param = _validation_error(exc)
+        return reject("invalid_request", 400, message, param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_req, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail), None)
+        return error_response(exc.status_code, str(exc.detail), None)
 
     @app.get("/health")
     async def health():
@@ -138,6 +120,10 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
                                                           "reason": redact(reason)})
         return {"status": "ok"}
 
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model",
@@ -145,80 +131,70 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
+        return await generate(body, request, COMPLETION, lambda: body.prompt)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await generate(body, request, CHAT, lambda: chat_prompt(
+            tokenizer, [m.model_dump() for m in body.messages]))
+
+    async def generate(body: SamplingRequest, request: Request, dialect: Dialect,
+                       prompt: Callable[[], str | list[int]]):
+        """Submit, then answer whole or as SSE chunks; `prompt` raises ValueError for input
+        the engine cannot take (a 400 naming the field)."""
+        arrival = time.monotonic()
         if body.model is not None and body.model not in accepted:
-            return _error(404, f"model: {body.model!r} is not served here; "
-                               f"available: {model_name!r}", "model")
-        rid = f"cmpl-{next(ids)}"
+            return reject("model_not_found", 404, f"model: {body.model!r} is not served here; "
+                                                  f"available: {model_name!r}", "model")
+        rid = f"{dialect.id_prefix}-{next(ids)}"
         try:
-            params = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature,
-                                    top_p=body.top_p, top_k=body.top_k, seed=body.seed,
-                                    stop=body.stop, stop_token_ids=body.stop_token_ids,
-                                    ignore_eos=body.ignore_eos)
-            sink = await worker.submit(rid, body.prompt, params)
-        except ValueError as e:
-            return _error(400, redact(str(e)), str(e).split(":")[0])
+            sink = await worker.submit(rid, prompt(), body.sampling_params())
+        except ValueError as e:  # the engine names the field: a chat's prompt is its messages
+            param, _, rest = str(e).partition(":")
+            param = dialect.prompt_field if param == "prompt" else param
+            return reject("invalid_request", 400, f"{param}:{rest}", param)
         except EngineUnavailable as e:
-            return unavailable(str(e))
+            return reject("unavailable", 503, f"engine unavailable: {e}", None, "server_error")
         except EngineFault as e:
-            return engine_failure(str(e))
+            return reject("engine_fault", 500, f"engine failure: {e}", None, "server_error")
+        flight = Flight(worker, rid, sink, metrics, arrival)
         created = int(time.time())
 
-        def chunk(text: str, finish_reason, usage=None) -> str:
-            data = {"id": rid, "object": "text_completion", "created": created,
-                    "model": model_name,
-                    "choices": [{"index": 0, "text": text, "logprobs": None,
-                                 "finish_reason": finish_reason}] if usage is None else [],
-                    "usage": usage}
-            return f"data: {json.dumps(data)}\n\n"
-
-        def usage_of(out) -> dict:
-            p, c = len(out.prompt_token_ids), len(out.token_ids)
-            return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        def response(obj: str, choices: list, usage: dict | None) -> dict:
+            return {"id": rid, "object": obj, "created": created, "model": model_name,
+                    "choices": choices, "usage": usage}
 
         if not body.stream:
-            # Nothing is sent until the end, so watch the connection: a client that leaves
-            # frees its slot now instead of when max_tokens runs out.
-            result = asyncio.ensure_future(_final(sink))
-            gone = asyncio.ensure_future(_disconnected(request.receive))
-            try:
-                await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                gone.cancel()
-                if not result.done():
-                    result.cancel()
-                    worker.abort(rid)
-            if not result.done():
+            out = await flight.final_unless_gone(request.receive)
+            if out is None:
                 return Response(status_code=499)  # nobody is left to read it
-            out = result.result()
             if isinstance(out, EngineFailure):
                 return engine_failure(out.message)
-            return {"id": rid, "object": "text_completion", "created": created,
-                    "model": model_name,
-                    "choices": [{"index": 0, "text": out.text, "logprobs": None,
-                                 "finish_reason": out.finish_reason}],
-                    "usage": usage_of(out)}
+            return response(dialect.object, [dialect.choice(out.text, out.finish_reason)],
+                            usage_of(out))
 
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        def sse(data: dict) -> str:
+            return f"data: {json.dumps(data)}\n\n"
 
         async def events():
+            if dialect.chat:  # OpenAI's first chat chunk names the role, before any token
+                yield sse(response(dialect.chunk_object, [dialect.delta("", None, role=True)],
+                                   None))
             out = None
-            try:
-                while out is None or not out.finished:
-                    out = await sink.get()
-                    if isinstance(out, EngineFailure):  # headers are sent: report in-stream
-                        err = {"error": {"message": f"engine failure: {redact(out.message)}",
-                                         "type": "server_error"}}
-                        yield f"data: {json.dumps(err)}\n\n"
-                        return
-                    yield chunk(out.new_text, out.finish_reason if out.finished else None)
-                if include_usage:
-                    yield chunk("", None, usage_of(out))
-                yield "data: [DONE]\n\n"
-            finally:
-                if out is None or isinstance(out, EngineFailure) or not out.finished:
-                    worker.abort(rid)  # client went away (or the step failed): free the slot
+            while not flight.over:
+                out = await flight.next()
+                if isinstance(out, EngineFailure):  # headers are sent: report in-stream
+                    yield sse({"error": {"message": f"engine failure: {redact(out.message)}",
+                                         "type": "server_error"}})
+                    return
+                finish = out.finish_reason if out.finished else None
+                yield sse(response(dialect.chunk_object, [dialect.delta(out.new_text, finish)],
+                                   None))
+            if body.include_usage:
+                yield sse(response(dialect.chunk_object, [], usage_of(out)))
+            yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return FlightStream(flight, events(), media_type="text/event-stream")
 
     return app
 

@@ -5,6 +5,10 @@ through a queue and never block a thread while they wait: acceptance comes back 
 future and outputs through each request's asyncio.Queue, both completed on the server's loop
 with `call_soon_threadsafe` (one call per loop per step, however many streams advanced).
 
+Readers on other threads (GET /metrics) see the engine only through `stats`, a frozen
+snapshot the engine thread replaces after every step and every batch of submissions: swapping
+one reference is atomic, so a reader gets one consistent snapshot without a lock.
+
 Fault containment: a request that makes `add_request` raise fails that request only (a
 ValueError is the client's mistake, anything else an engine fault); a step that raises fails
 the requests in flight and the loop goes on. Should the thread end anyway, `dead` says why,
@@ -29,6 +33,19 @@ class EngineFailure:
     """Delivered instead of an output when the engine's step raised: a server fault (500)."""
 
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """The engine's state as /metrics shows it; counters are totals since the thread started."""
+
+    running: int = 0
+    waiting: int = 0  # queued, or preempted and waiting to resume
+    kv_blocks_used: int = 0
+    kv_blocks_total: int = 0
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache at admission
+    prefix_cache_hits: int = 0  # of those, found cached
+    preemptions: int = 0
 
 
 class EngineUnavailable(RuntimeError):
@@ -78,6 +95,9 @@ class EngineWorker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._dead: str | None = None  # why the thread ended, once it has
+        self.stats = EngineStats()  # replaced (never mutated) by the engine thread
+        self._preemptions = 0
+        self._steps_seen = 0  # telemetry records already added to _preemptions
 
     def start(self) -> None:
         self._thread.start()
@@ -135,6 +155,7 @@ class EngineWorker:
 
     def _loop(self) -> None:
         eng = self.engine
+        self._publish()
         while not self._stop.is_set():
             try:  # idle: wait for work; busy: just drain what has arrived since the last step
                 item = self._inbox.get_nowait() if eng.has_unfinished() else self._inbox.get(
@@ -144,6 +165,7 @@ class EngineWorker:
                     item = self._inbox.get_nowait()
             except queue.Empty:
                 pass
+            self._publish()
             if self._stop.is_set() or not eng.has_unfinished():
                 continue
             try:
@@ -154,7 +176,19 @@ class EngineWorker:
                 if eng.has_unfinished():  # aborting did not clear it: the engine is broken
                     raise RuntimeError(f"engine left in a bad state by a failed step: {e}") from e
                 continue
+            self._publish()
             self._deliver(outs)
+
+    def _publish(self) -> None:
+        """Replace `stats` with the engine's state now (engine thread only)."""
+        eng = self.engine
+        sched, bm, steps = eng.scheduler, eng.block_manager, eng.telemetry
+        self._steps_seen = min(self._steps_seen, len(steps))  # telemetry cleared by its owner
+        self._preemptions += sum(r.num_preempted for r in steps[self._steps_seen:])
+        self._steps_seen = len(steps)
+        self.stats = EngineStats(len(sched.running), sched.num_waiting + sched.num_swapped,
+                                 bm.num_used_blocks, bm.num_blocks, bm.queried_tokens,
+                                 bm.hit_tokens, self._preemptions)
 
     def _fail_all(self, error: Exception) -> None:
         """Abort everything in flight and hand each waiting client the error."""
