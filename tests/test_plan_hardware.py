@@ -108,10 +108,25 @@ def test_copy_bandwidth_counts_each_byte_read_and_written(monkeypatch):
     assert copy_bandwidth(1000, device="cpu") == 2 * 1000 / 0.5
 
 
-def test_the_engine_benchmark_uses_the_one_measurement():
+def test_the_engine_benchmark_uses_the_one_measurement(monkeypatch, tiny_path):
+    """The benchmark's bounds come from measure_hardware (the planner's own measurement) and
+    the planner's step model, not from a second bandwidth figure of its own."""
+    import types
+    from dataclasses import replace
+
+    import torch
+
     import workbench.bench as bench
 
-    assert bench.copy_bandwidth is hardware.copy_bandwidth
+    assert not hasattr(bench, "copy_bandwidth")
+    measured = replace(hardware.get_hardware("h100-sxm"), memory_bandwidth_gb_s=12.5,
+                       peak_tflops={"fp32": 0.1})
+    monkeypatch.setattr(hardware, "measure_hardware", lambda **_: measured)
+    engine = types.SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32,
+                                   model_path=tiny_path)
+    bounds = bench.roofline_bounds(engine, (1, 16), context=64)
+    assert bounds["bandwidth_gb_s"] == 12.5 and bounds["matmul_tflops"] == 0.1
+    assert 0 < bounds["batch 1"] < bounds["batch 16"]
 
 
 def test_user_file_adds_hardware_every_consumer_sees(tmp_path, monkeypatch):

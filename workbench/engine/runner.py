@@ -72,10 +72,11 @@ class ModelRunner:
         """The step's model inputs: (input_ids, positions, attention metadata, rows of the
         hidden states that sample, the scheduled entries they belong to).
 
-        Positions and cache slots come from array ops over the step's block tables (one row
-        per sequence), not from a Python loop per token: a 2,000-token prefill step costs the
-        same few operations as a decode step. numpy rather than torch: at decode's few rows
-        torch's per-op overhead would cost more than the loop it replaces."""
+        Positions and cache slots come from numpy array ops over the step's block tables (one
+        row per sequence), not from a Python loop per token. Measured against that loop
+        (tests/test_runner_inputs.py keeps it as the reference): 0.43 vs 0.87 ms for a step
+        of ~1,400 tokens, 0.06 vs 0.04 ms for a single decode; either is ~1% of a `small`
+        step or less."""
         decodes = [i for i, s in enumerate(scheduled) if s.num_tokens == 1]
         prefills = [i for i, s in enumerate(scheduled) if s.num_tokens > 1]
         order = decodes + prefills

@@ -11,8 +11,8 @@ results equal to F.linear's on those layers. Reordering the weight once into one
 layout for a batch of 64 rows (`torch.ops.mkldnn._reorder_linear_weight`, what torch.compile's
 freezing pass does for bf16) instead of the plain `to_mkldnn()` layout saves the per-call
 reorder (`benchmarks/bench_linear.py`, same layers, medians of 5 interleaved passes): 1.47x
-faster at 4 rows (11.3 vs 16.6 ms), 1.37x at 16 (13.5 vs 18.6), 1.08x at 64, 1.05x at 512,
-even at one row (11.2 vs 11.6).
+faster at 4 rows (10.2 vs 15.0 ms), 1.47x at 16 (14.5 vs 21.2), 1.15x at 64, 1.03x at 512, 4%
+slower at one row (10.8 vs 10.4).
 For bf16 / fp16 aten already calls oneDNN (same speed measured), so only fp32 models are
 converted.
 
