@@ -20,13 +20,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str) -> tuple[subprocess.Popen, str]:
-    """Start `workbench serve` and wait (bounded) until /health answers; (process, base URL)."""
+def start_server(model: str, *args: str, env: dict | None = None
+                 ) -> tuple[subprocess.Popen, str]:
+    """Start `workbench serve` (extra CLI `args`, extra `env` variables) and wait (bounded)
+    until /health answers; (process, base URL)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench", "serve", "--model", model, "--host", "127.0.0.1",
-         "--port", str(port), "--max-num-seqs", "8"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+         "--port", str(port), "--max-num-seqs", "8", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):  # bounded: about two minutes
         if proc.poll() is not None:
@@ -56,9 +58,9 @@ def stop_server(proc: subprocess.Popen) -> None:
         kill_server(proc)
 
 
-def scrape(url: str) -> dict[str, float]:
+def scrape(url: str, headers: dict | None = None) -> dict[str, float]:
     """GET /metrics as {'name{label=value,...}': value}, parsed by prometheus_client."""
-    r = httpx.get(f"{url}/metrics", timeout=30)
+    r = httpx.get(f"{url}/metrics", headers=headers, timeout=30)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     samples = {}
     for family in text_string_to_metric_families(r.text):

@@ -184,12 +184,19 @@ def serve(
              "| fp8")] = "none",
     quantization_group_size: Annotated[int, typer.Option(
         help="Input channels per int4 scale/zero group (32, 64, 128).")] = 128,
+    api_key_file: Annotated[str | None, typer.Option(
+        help="File of API keys, one per line (also $WORKBENCH_API_KEYS, comma-separated); "
+             "with keys, every route but /health needs 'Authorization: Bearer <key>'.")]
+    = None,
 ):
     """OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (SSE or
     whole), GET /v1/models, GET /health, GET /metrics (Prometheus text). Prints the engine's
     memory report to stderr at start."""
     from workbench.engine import EngineConfig
     from workbench.server.app import serve as run_server
+    from workbench.server.auth import load_api_keys
+
+    api_keys = load_api_keys(api_key_file)  # a bad file is a one-line error before loading
 
     config = EngineConfig(dtype=dtype, max_num_seqs=max_num_seqs, block_size=block_size,
                           num_kv_blocks=num_kv_blocks, memory_utilization=memory_utilization,
@@ -197,7 +204,7 @@ def serve(
                           quantization=quantization,
                           quantization_group_size=quantization_group_size)
     try:  # host and port are checked (and bound) before the model loads
-        run_server(model, host, port, config)
+        run_server(model, host, port, config, api_keys=api_keys)
     except KeyboardInterrupt:  # Ctrl-C while loading or after a graceful stop: no traceback
         raise typer.Exit(130) from None
 

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workbench.server import WORKBENCH_OWNER
+from workbench.server.auth import ApiKeyMiddleware
 from workbench.server.chat import chat_prompt
 from workbench.server.metrics import CONTENT_TYPE, ServerMetrics
 from workbench.server.protocol import (
@@ -70,9 +71,11 @@ def _validation_error(exc: RequestValidationError) -> tuple[str, str]:
     return f"{field}: {message}", field
 
 
-def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = ()) -> FastAPI:
+def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (),
+               api_keys: frozenset[str] = frozenset()) -> FastAPI:
     """`model_name` is what /v1/models lists; requests may also name the model by an alias
-    (e.g. the path it was loaded from), which is accepted but never echoed."""
+    (e.g. the path it was loaded from), which is accepted but never echoed. With `api_keys`,
+    every route but /health needs one of them (server/auth.py)."""
     worker = EngineWorker(engine)
     metrics = ServerMetrics(worker)
     tokenizer = engine.tokenizer  # read once, before the engine thread starts (see chat.py)
@@ -103,6 +106,8 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
     app = FastAPI(title="workbench", lifespan=lifespan)
     app.state.worker = worker
     app.state.metrics = metrics
+    app.add_middleware(ApiKeyMiddleware, keys=frozenset(api_keys),
+                       on_reject=lambda: metrics.rejected("unauthorized"))
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_req, exc: RequestValidationError):
@@ -231,7 +236,8 @@ def listen_socket(host: str, port: int, allow_zero: bool = False):
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, engine_config=None,
-          log_level: str = "warning", graceful_shutdown_s: float = GRACEFUL_SHUTDOWN_S) -> None:
+          log_level: str = "warning", graceful_shutdown_s: float = GRACEFUL_SHUTDOWN_S,
+          api_keys: frozenset[str] = frozenset()) -> None:
     import uvicorn
 
     from workbench.engine import EngineConfig, LLMEngine
@@ -240,10 +246,13 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, engine_config=N
     try:
         engine = LLMEngine.from_pretrained(model, engine_config or EngineConfig())
         print(engine.memory_report(), file=sys.stderr, flush=True)  # as vLLM logs it at start
+        if api_keys:
+            print(f"API keys: {len(api_keys)} configured; every route but /health needs one",
+                  file=sys.stderr, flush=True)
         aliases = {str(model)}
         if engine.model_path is not None:
             aliases |= {str(engine.model_path), str(Path(engine.model_path).resolve())}
-        app = create_app(engine, served_name(model), aliases)
+        app = create_app(engine, served_name(model), aliases, api_keys)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 timeout_graceful_shutdown=graceful_shutdown_s)
         uvicorn.Server(config).run(sockets=[sock])

@@ -52,6 +52,7 @@ FINISH_REASONS = ("stop", "length", "abort", "error")
 # Why a request was refused before the engine took it (HTTP status in the comment).
 REJECT_REASONS = (
     "invalid_request",  # 400: malformed body, a bad field, a prompt the engine cannot fit
+    "unauthorized",  # 401: API keys are configured and the request had none of them
     "model_not_found",  # 404: names a model this server does not serve
     "engine_fault",  # 500: the engine raised while accepting it
     "unavailable",  # 503: the engine thread is not running

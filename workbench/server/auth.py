@@ -1,0 +1,68 @@
+"""API keys: with keys configured, every request but GET /health needs `Authorization: Bearer
+<key>` (OpenAI's scheme, which its clients send), else a 401 in OpenAI's error shape.
+
+Keys come from a file (one per line; blank lines and `#` comments ignored) and/or the
+WORKBENCH_API_KEYS environment variable (comma-separated), as vLLM takes `--api-key` /
+VLLM_API_KEY. /health stays open so a load balancer's probe needs no secret. The check is ASGI
+middleware, not a FastAPI dependency: it then covers every route (the OpenAPI document too)
+and leaves the request's receive channel untouched, which the non-streaming handler watches to
+notice a client that hung up.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from workbench.server.protocol import error_response
+
+API_KEYS_ENV = "WORKBENCH_API_KEYS"
+OPEN_PATHS = frozenset({"/health"})
+
+
+def load_api_keys(key_file: str | os.PathLike | None = None,
+                  environ: dict | None = None) -> frozenset[str]:
+    """The keys from `key_file` and $WORKBENCH_API_KEYS; empty = no authentication."""
+    keys: set[str] = set()
+    if key_file is not None:
+        path = Path(key_file).expanduser()
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as e:
+            raise ValueError(f"api-key-file: cannot read {path}: {e.strerror}") from None
+        from_file = {k for line in lines if (k := line.split("#", 1)[0].strip())}
+        if not from_file:
+            raise ValueError(f"api-key-file: {path} holds no key (one per line; # comments)")
+        keys |= from_file
+    env = (os.environ if environ is None else environ).get(API_KEYS_ENV, "")
+    keys |= {k.strip() for k in env.split(",") if k.strip()}
+    for key in keys:
+        if any(c.isspace() for c in key) or not key.isprintable():
+            raise ValueError("api keys: a key may not contain spaces or control characters")
+    return frozenset(keys)
+
+
+class ApiKeyMiddleware:
+    """Refuses HTTP requests without a configured key (401); `on_reject` counts them."""
+
+    def __init__(self, app, keys: frozenset[str], on_reject: Callable[[], None]):
+        self.app, self.keys, self.on_reject = app, keys, on_reject
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        scheme, _, token = header.decode("latin-1").partition(" ")
+        token = token.strip()
+        # compare_digest against every key: the time taken says nothing about which is near.
+        if scheme.lower() == "bearer" and sum(
+                hmac.compare_digest(token.encode(), k.encode()) for k in self.keys):
+            return await self.app(scope, receive, send)
+        self.on_reject()
+        message = ("missing API key: send 'Authorization: Bearer <key>'" if not header
+                   else "invalid API key")
+        response = error_response(401, message, None, "authentication_error")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        await response(scope, receive, send)
