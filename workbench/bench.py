@@ -90,9 +90,10 @@ def run_static(engine: LLMEngine, w: Workload, batch_size: int) -> tuple[float, 
     return _timed(lambda: batcher.generate(w.prompts, _params(w))), batcher.num_steps
 
 
-def run_hf(hf_model, w: Workload, batch_size: int, pad_id: int = 0) -> float:
-    """HF generate in padded batches of `batch_size` (left padding), each batch generating as
-    many tokens as its longest member needs."""
+def run_hf(hf_model, w: Workload, batch_size: int, pad_id: int = 0) -> tuple[float, None]:
+    """(seconds, None: no model steps to count) of HF generate in padded batches of
+    `batch_size` (left padding), each batch generating as many tokens as its longest member
+    needs."""
 
     def go():
         for s in range(0, len(w.prompts), batch_size):
@@ -105,7 +106,7 @@ def run_hf(hf_model, w: Workload, batch_size: int, pad_id: int = 0) -> float:
                 hf_model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
                                   do_sample=False, pad_token_id=pad_id)
 
-    return _timed(go)
+    return _timed(go), None
 
 
 # Cached tokens the decode rooflines are priced at: the decode measurements run 32-token
@@ -186,10 +187,10 @@ def run_benchmark(model: str = "small", dtype: str = "float32", num_requests: in
     for r in range(repeats):
         for name, fn in contestants.items():
             first = len(engine.telemetry)
-            seconds_and_steps = fn()
-            if isinstance(seconds_and_steps, tuple):  # the engine and static batching
-                seconds_and_steps, model_steps[name] = seconds_and_steps
-            runs[name].append(seconds_and_steps)
+            took, steps = fn()
+            runs[name].append(took)
+            if steps is not None:  # the engine and static batching count theirs
+                model_steps[name] = steps
             if name == engine_name:
                 mixed_steps = engine.telemetry[first:]
         log(f"  repeat {r + 1}/{repeats}: "
