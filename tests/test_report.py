@@ -345,3 +345,38 @@ def test_failing_cell_is_named(tmp_path):
                                           r"bad.yaml: ScenarioError: .*arrival.rate"):
         render_report(bad, tmp_path / "out", smoke=True, progress=False)
     assert (tmp_path / "out" / "bad.ipynb").exists()
+
+
+def test_report_measures_a_server_at_a_url(tmp_path, monkeypatch):
+    """`workbench report --target-url`: the scenario's traffic goes to a real `workbench serve`
+    (with an API key, read from the named variable); the predictions stay the engine's."""
+    from server_helpers import scrape, start_server, stop_server
+
+    proc, url = start_server("tiny", env={"WORKBENCH_API_KEYS": "report-key"})
+    try:
+        monkeypatch.setenv("REPORT_KEY", "report-key")
+        html = render_report(ROOT / "scenarios" / "chat.yaml", tmp_path, smoke=True,
+                             progress=False, target_url=url, api_key_env="REPORT_KEY")
+        shown = _output_text(tmp_path / "chat.ipynb")
+        served = scrape(url, {"Authorization": "Bearer report-key"})
+    finally:
+        stop_server(proc)
+    assert f"Measured at the OpenAI-compatible endpoint {url} serving `tiny`" in shown
+    assert "24 of 24 requests completed" in shown
+    # the server saw exactly the report's requests, all finished by length (ignore_eos)
+    assert served['workbench:request_success_total{finished_reason=length}'] == 24
+    assert "not visible to its clients" in shown and "no KV-cache figures" in shown
+    for heading in ("SLO verdict", "What the models predict", "Recommended configuration"):
+        assert f">{heading}<" in html.read_text()
+
+
+def test_report_target_url_is_checked_before_the_notebook_runs(tmp_path):
+    chat = ROOT / "scenarios" / "chat.yaml"
+    with pytest.raises(ReportError, match="target-url: must start with http"):
+        render_report(chat, tmp_path, smoke=True, progress=False, target_url="localhost:8000")
+    from server_helpers import free_port
+
+    with pytest.raises(ReportError, match="target-url: no server answers at http://127"):
+        render_report(chat, tmp_path, smoke=True, progress=False,
+                      target_url=f"http://127.0.0.1:{free_port()}")
+    assert not (tmp_path / "chat.ipynb").exists()

@@ -477,12 +477,22 @@ def report(
     = False,
     out: Annotated[str, typer.Option(help="Directory for <scenario>.html.")] = "reports",
     timeout: Annotated[int, typer.Option(help="Seconds allowed per notebook cell.")] = 900,
+    target_url: Annotated[str | None, typer.Option(
+        help="Measure the OpenAI-compatible server at this URL (e.g. a `workbench serve` of "
+             "the scenario's model) instead of an engine in this process.")] = None,
+    target_model: Annotated[str | None, typer.Option(
+        help="With --target-url: the model name it serves (default: the scenario's).")] = None,
+    api_key_env: Annotated[str | None, typer.Option(
+        help="With --target-url: environment variable holding its API key.")] = None,
 ):
     """Design-review report per scenario (papermill + nbconvert); print the HTML paths."""
     from workbench.report import render_report
 
+    if target_url is None and (target_model or api_key_env):
+        raise ValueError("target-model / api-key-env: only with --target-url")
     for sc in scenarios:
-        typer.echo(render_report(sc, out, smoke, timeout_s=timeout))
+        typer.echo(render_report(sc, out, smoke, timeout_s=timeout, target_url=target_url,
+                                 target_model=target_model, api_key_env=api_key_env))
 
 
 @models_app.command("list")

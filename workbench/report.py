@@ -16,9 +16,13 @@ class ReportError(ValueError):
 
 def render_report(scenario: str | Path, out_dir: str | Path = "reports", smoke: bool = False,
                   parameters: dict | None = None, timeout_s: int = 900,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, target_url: str | None = None,
+                  target_model: str | None = None, api_key_env: str | None = None) -> Path:
     """Run the design review for one scenario; return reports/<scenario>.html.
 
+    With `target_url`, the scenario's traffic is measured at that OpenAI-compatible server (as
+    its clients see it) instead of an engine in this process; `target_model` is the name it
+    serves (default: the scenario's model), `api_key_env` the variable holding its key.
     The executed notebook is kept beside it (reports/<scenario>.ipynb) for inspection."""
     import nbformat
     import papermill as pm
@@ -29,6 +33,10 @@ def render_report(scenario: str | Path, out_dir: str | Path = "reports", smoke: 
         raise ReportError(f"scenario: {scenario} does not exist")
     if not DESIGN_REVIEW.exists():
         raise ReportError(f"notebook: {DESIGN_REVIEW} is missing (run from a source checkout)")
+    if target_url is not None:
+        _check_target(scenario, target_url, target_model, api_key_env)
+        parameters = {**(parameters or {}), "target_url": target_url,
+                      "target_model": target_model, "target_api_key_env": api_key_env}
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     executed = out / f"{scenario.stem}.ipynb"
@@ -57,3 +65,23 @@ def render_report(scenario: str | Path, out_dir: str | Path = "reports", smoke: 
     tmp.write_text(body, encoding="utf-8")
     tmp.replace(html)
     return html
+
+
+def _check_target(scenario: Path, url: str, model: str | None, api_key_env: str | None) -> None:
+    """Fail in a line, before the notebook runs, when the URL cannot be measured."""
+    import httpx
+
+    from workbench.traffic.http_driver import auth_headers
+    from workbench.traffic.scenario import load_scenario, served_at
+
+    try:
+        target = served_at(load_scenario(scenario), url, model, api_key_env).target
+    except ValueError as e:
+        raise ReportError(str(e)) from None
+    try:
+        resp = httpx.get(f"{target.url}/v1/models", headers=auth_headers(target), timeout=10)
+    except httpx.HTTPError as e:
+        raise ReportError(f"target-url: no server answers at {target.url} ({e})") from None
+    if resp.status_code != 200:
+        raise ReportError(f"target-url: GET {target.url}/v1/models answered HTTP "
+                          f"{resp.status_code}: {resp.text[:200]}")

@@ -213,6 +213,15 @@ def scenario_summary(sc) -> str:
     return text
 
 
+def measured_where(measured) -> str:
+    """A sentence when the measured run went to a server instead of the scenario's engine."""
+    if measured.target.kind == "engine":
+        return ""
+    return (f" Measured at {describe_target(measured.target)}, as its clients see it; the "
+            "predictions are for the engine above (the server should run the same model and "
+            "engine configuration for the two to be compared).")
+
+
 def scenario_table(sc) -> pd.DataFrame:
     """The scenario as (setting, value) rows in words; nothing left as a raw structure."""
     t = sc.target

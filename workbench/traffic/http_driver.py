@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections import Counter
 
@@ -103,12 +104,44 @@ def drive_http(target, specs: list[RequestSpec], temperature: float = 0.0,
     Ctrl-C stops sending and returns the requests that completed, marked interrupted."""
     res = DriveResult(t0=time.monotonic())
     try:
-        asyncio.run(_drive(res, target, specs, temperature, ignore_eos, concurrency,
+        _run_to_end(_drive(res, target, specs, temperature, ignore_eos, concurrency,
                            think_time_s, progress, prompts, max_wall_s, tokenizer))
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the event loop's handler
         res.stop(INTERRUPT)
     res.warnings = diagnose(res.records, ignore_eos, token_prompts=prompts is None)
     return res
+
+
+def _run_to_end(coro) -> None:
+    """asyncio.run, also where this thread already runs an event loop (a Jupyter kernel does,
+    and asyncio.run refuses there): the drive then gets a loop of its own on a thread, and a
+    Ctrl-C (kernel interrupt) cancels it as asyncio.run's own handler would."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(coro)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(task)
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            failure.append(e)
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="http-driver")
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except KeyboardInterrupt:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join()
+    if failure and not isinstance(failure[0], asyncio.CancelledError):
+        raise failure[0]
 
 
 async def _drive(res, target, specs, temperature, ignore_eos, concurrency, think_time_s,

@@ -229,3 +229,22 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
 def base_dir(scenario: Scenario) -> Path:
     """Relative files in a scenario (traces, empirical lengths) resolve against its file."""
     return getattr(scenario, "_base_dir", Path.cwd())
+
+
+def served_at(scenario: Scenario, url: str, model: str | None = None,
+              api_key_env: str | None = None) -> Scenario:
+    """The same traffic sent to the OpenAI-compatible server at `url` instead of an engine in
+    this process (the design review's `--target-url`). The engine target stays what the
+    predictions are made for; the served model defaults to its model (what `workbench serve
+    --model M` lists), whose tokenizer also writes text prompts for a server of another kind."""
+    if not isinstance(scenario.target, EngineTarget):
+        raise ValueError("target: a URL replaces an engine target; this scenario already "
+                         f"targets {scenario.target.url}")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"target-url: must start with http:// or https://, got {url!r}")
+    engine_model = scenario.target.model
+    served = scenario.model_copy(update={"target": HttpTarget(
+        kind="http", url=url.rstrip("/"), model=model or Path(engine_model).name,
+        api_key_env=api_key_env, tokenizer=engine_model)})
+    served._base_dir = base_dir(scenario)
+    return served
