@@ -15,6 +15,7 @@ import pytest
 from tests.server_helpers import scrape, start_server, stop_server
 from tests.test_server_openai import MESSAGES, wait_for
 from workbench.engine import SamplingParams
+from workbench.server.admission import Limits
 from workbench.server.app import create_app
 from workbench.server.background import serve_in_thread
 
@@ -325,3 +326,33 @@ def test_bad_limits_are_one_line_errors_naming_the_flag(args, message):
     r = _serve_args(*args)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith(message) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_deadline_that_passes_before_the_engine_took_the_request_is_a_504(
+        tiny_engine_factory):
+    """Tokenizing is held (gated) past the deadline: the client gets a 504 at the deadline
+    and the engine never sees the request."""
+    eng = tiny_engine_factory()
+    gate, entered = threading.Event(), threading.Event()
+    encode = eng.encode
+
+    def held(prompt):
+        entered.set()
+        gate.wait(120)  # bounded: never hangs the suite
+        return encode(prompt)
+
+    eng.encode = held
+    app = create_app(eng, "tiny", limits=Limits(request_timeout_s=0.2))
+    try:
+        with serve_in_thread(app) as url:
+            r = httpx.post(f"{url}/v1/completions", json={"prompt": "Hi", "max_tokens": 2},
+                           timeout=60)
+            assert entered.is_set()
+            assert_error(r, 504, "server_error", "timeout")
+            gate.set()
+            samples = scrape(url)
+    finally:
+        gate.set()
+    assert rejected(samples, "timeout") == 1
+    assert samples[M + "request_success_total{finished_reason=timeout}"] == 0
+    assert not eng.telemetry and not eng.has_unfinished()
