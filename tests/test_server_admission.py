@@ -356,3 +356,23 @@ def test_a_deadline_that_passes_before_the_engine_took_the_request_is_a_504(
     assert rejected(samples, "timeout") == 1
     assert samples[M + "request_success_total{finished_reason=timeout}"] == 0
     assert not eng.telemetry and not eng.has_unfinished()
+
+
+def test_a_tokenizer_fault_is_a_500_and_the_server_keeps_serving(tiny_engine_factory):
+    eng = tiny_engine_factory()
+    encode = eng.encode
+
+    def faulty(prompt):
+        if prompt == "choke":
+            raise TypeError("tokenizer choked")
+        return encode(prompt)
+
+    eng.encode = faulty
+    with serve_in_thread(create_app(eng, "tiny")) as url:
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "choke"}, timeout=60)
+        error = assert_error(r, 500, "server_error", None)
+        assert error["message"] == "engine failure: TypeError: tokenizer choked"
+        ok = httpx.post(f"{url}/v1/completions", json={"prompt": "Hi", "max_tokens": 2},
+                        timeout=60)
+        assert ok.status_code == 200
+        assert rejected(scrape(url), "engine_fault") == 1

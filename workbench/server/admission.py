@@ -34,6 +34,7 @@ the client was too slow to send its request, which is not the case.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from dataclasses import dataclass
 from workbench.server.body_limit import DEFAULT_MAX_REQUEST_BYTES
 from workbench.server.rate_limit import RateLimiter
 from workbench.server.worker import EngineFault, EngineUnavailable, EngineWorker
+
+log = logging.getLogger("workbench.server")
 
 # Threads that tokenize: enough that one huge prompt does not hold up every small one; each
 # holds one prompt's text and ids.
@@ -138,6 +141,10 @@ class Admission:
                                                              prompt)
                 except ValueError as e:  # the field named; a chat's prompt is its messages
                     raise _invalid(e, prompt_field) from None
+                except Exception as e:  # noqa: BLE001 - the tokenizer's fault: a 500, not a crash
+                    log.exception("preparing %s failed", request_id)
+                    raise Refused("engine_fault", 500, f"engine failure: {type(e).__name__}: "
+                                  f"{e}", None, "server_error") from None
                 on_end = self._take_rate(client, len(ids) + params.max_tokens)
                 try:
                     sink = await self.worker.submit(request_id, ids, params)
