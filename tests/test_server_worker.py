@@ -82,12 +82,14 @@ def test_an_engine_fault_in_one_request_is_a_500_and_the_server_keeps_serving(
     TypeError on a lone surrogate), and after it did (so the worker must take it back)."""
     eng = tiny_engine_factory()
     real_add = eng.add_request
+    # The server tokenizes (admission.py): the engine receives the prompts' token ids.
+    before, after = eng.encode("fault before"), eng.encode("fault after")
 
     def faulty_add(request_id, prompt, params=None, **kw):
-        if prompt == "fault before":
+        if prompt == before:
             raise TypeError("tokenizer choked")
         rid = real_add(request_id, prompt, params, **kw)
-        if prompt == "fault after":
+        if prompt == after:
             raise RuntimeError("bookkeeping broke")
         return rid
 

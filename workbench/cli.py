@@ -188,15 +188,36 @@ def serve(
         help="File of API keys, one per line (also $WORKBENCH_API_KEYS, comma-separated); "
              "with keys, every route but /health needs 'Authorization: Bearer <key>'.")]
     = None,
+    max_request_bytes: Annotated[int | None, typer.Option(
+        help="Largest request body in bytes; larger ones get a 413 before they are parsed "
+             "(default: 2 MB, as TGI).")] = None,
+    max_queued: Annotated[int | None, typer.Option(
+        help="Requests that may wait (not yet running) before new ones get a 503 with "
+             "Retry-After (default: unbounded).")] = None,
+    rate_limit_rpm: Annotated[int | None, typer.Option(
+        help="Requests per minute per API key (per client address without keys); over it, a "
+             "429 with Retry-After (default: off).")] = None,
+    rate_limit_tpm: Annotated[int | None, typer.Option(
+        help="Tokens per minute per API key (per address without keys): prompt + max_tokens "
+             "reserved at admission, the unused part given back at the end (default: off).")]
+    = None,
+    request_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a request may take from arrival; then it is aborted: a 504, or an "
+             "error event ending its stream (default: none).")] = None,
 ):
     """OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (SSE or
     whole), GET /v1/models, GET /health, GET /metrics (Prometheus text). Prints the engine's
-    memory report to stderr at start."""
+    memory report to stderr at start. Admission limits (size, queue, rates, timeout):
+    workbench/server/admission.py."""
     from workbench.engine import EngineConfig
+    from workbench.server.admission import Limits
     from workbench.server.app import serve as run_server
     from workbench.server.auth import load_api_keys
 
     api_keys = load_api_keys(api_key_file)  # a bad file is a one-line error before loading
+    size = {} if max_request_bytes is None else {"max_request_bytes": max_request_bytes}
+    limits = Limits(max_queued=max_queued, rate_limit_rpm=rate_limit_rpm,  # a bad limit too
+                    rate_limit_tpm=rate_limit_tpm, request_timeout_s=request_timeout, **size)
 
     config = EngineConfig(dtype=dtype, max_num_seqs=max_num_seqs, block_size=block_size,
                           num_kv_blocks=num_kv_blocks, memory_utilization=memory_utilization,
@@ -204,7 +225,7 @@ def serve(
                           quantization=quantization,
                           quantization_group_size=quantization_group_size)
     try:  # host and port are checked (and bound) before the model loads
-        run_server(model, host, port, config, api_keys=api_keys)
+        run_server(model, host, port, config, api_keys=api_keys, limits=limits)
     except KeyboardInterrupt:  # Ctrl-C while loading or after a graceful stop: no traceback
         raise typer.Exit(130) from None
 

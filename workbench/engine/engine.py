@@ -114,6 +114,8 @@ class LLMEngine:
 
     # -- requests ----------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
+        """The prompt's token ids; ValueError naming `prompt`. Reads only the tokenizer and the
+        vocabulary size, so the server calls it off the engine thread."""
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt: must not be empty")

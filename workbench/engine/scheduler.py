@@ -98,8 +98,17 @@ class Scheduler:
         self.watermark_blocks = math.ceil(config.kv_watermark * block_manager.num_blocks)
 
     # -- admission ---------------------------------------------------------------------------
+    @property
+    def max_request_tokens(self) -> int:
+        """The most tokens (prompt + output) one request may hold: what check_request allows,
+        max_model_len or the whole KV pool, whichever is smaller. Fixed at construction, so
+        other threads may read it (the server sizes defaults and checks prompts with it)."""
+        bm = self.block_manager
+        return min(self.config.max_model_len, bm.num_blocks * bm.block_size)
+
     def check_request(self, num_prompt_tokens: int, max_tokens: int) -> None:
-        """Raise RequestRejected if a request of this size could never complete."""
+        """Raise RequestRejected if a request of this size could never complete. Reads only
+        sizes fixed at construction, so the server calls it off the engine thread."""
         limit = self.config.max_model_len
         if num_prompt_tokens >= limit:
             raise RequestRejected(

@@ -8,8 +8,11 @@ cannot serve at all makes /health and every completion a fast 503. Clients see t
 its name (preset or directory basename), never a local path.
 
 Both generation endpoints run `generate` below: the request formats are protocol.py, the
-prompt of a chat is chat.py, reading a request's outputs (timing, counting, aborting when the
-client leaves) is relay.py, and /metrics is metrics.py.
+prompt of a chat is chat.py, what a request passes before the engine takes it (queue bound,
+tokenization off the engine thread, context check, rate limits, deadline) is admission.py,
+reading a request's outputs (timing, counting, aborting when the client leaves or its deadline
+passes) is relay.py, and /metrics is metrics.py. The request-size limit (body_limit.py) and API
+keys (auth.py) are middleware in front of every route.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workbench.server import WORKBENCH_OWNER
-from workbench.server.auth import ApiKeyMiddleware
+from workbench.server.admission import Admission, Limits, Refused, timeout_message
+from workbench.server.auth import ApiKeyMiddleware, bearer_token
+from workbench.server.body_limit import BodyLimitMiddleware
 from workbench.server.chat import chat_prompt
 from workbench.server.metrics import CONTENT_TYPE, ServerMetrics
 from workbench.server.protocol import (
@@ -43,7 +48,7 @@ from workbench.server.protocol import (
     usage_of,
 )
 from workbench.server.relay import Flight, FlightStream
-from workbench.server.worker import EngineFailure, EngineFault, EngineUnavailable, EngineWorker
+from workbench.server.worker import EngineFailure, EngineWorker
 
 GRACEFUL_SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM, then are aborted
 
@@ -72,12 +77,15 @@ def _validation_error(exc: RequestValidationError) -> tuple[str, str]:
 
 
 def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (),
-               api_keys: frozenset[str] = frozenset()) -> FastAPI:
+               api_keys: frozenset[str] = frozenset(), limits: Limits | None = None) -> FastAPI:
     """`model_name` is what /v1/models lists; requests may also name the model by an alias
     (e.g. the path it was loaded from), which is accepted but never echoed. With `api_keys`,
-    every route but /health needs one of them (server/auth.py)."""
+    every route but /health needs one of them (server/auth.py). `limits`: request size, queue
+    bound, rate limits, timeout (server/admission.py; the defaults limit only the size)."""
+    limits = limits or Limits()
     worker = EngineWorker(engine)
     metrics = ServerMetrics(worker)
+    admission = Admission(engine, worker, limits)
     tokenizer = engine.tokenizer  # read once, before the engine thread starts (see chat.py)
     model_name = model_name or served_name(engine.model_path or "model")
     accepted = {model_name, *aliases}
@@ -90,9 +98,10 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
         return text
 
     def reject(reason: str, status: int, message: str, param: str | None = None,
-               kind: str = "invalid_request_error") -> JSONResponse:
+               kind: str = "invalid_request_error", code: str | None = None,
+               headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.rejected(reason)
-        return error_response(status, redact(message), param, kind)
+        return error_response(status, redact(message), param, kind, code, headers)
 
     def engine_failure(message: str) -> JSONResponse:
         return error_response(500, f"engine failure: {redact(message)}", None, "server_error")
@@ -102,10 +111,14 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
         worker.start()
         yield
         worker.stop()
+        admission.close()
 
     app = FastAPI(title="workbench", lifespan=lifespan)
     app.state.worker = worker
     app.state.metrics = metrics
+    # The last added runs first: a request without a key is refused before its body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes,
+                       on_reject=lambda: metrics.rejected("too_large"))
     app.add_middleware(ApiKeyMiddleware, keys=frozenset(api_keys),
                        on_reject=lambda: metrics.rejected("unauthorized"))
 
@@ -143,27 +156,32 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
         return await generate(body, request, CHAT, lambda: chat_prompt(
             tokenizer, [m.model_dump() for m in body.messages]))
 
+    def client_of(request: Request) -> str:
+        """Whom the rate limits count against: the API key when keys are configured (the
+        middleware has checked it), else the client's address."""
+        if api_keys:
+            return "key:" + (bearer_token(request.scope) or "")
+        return "addr:" + (request.client.host if request.client else "unknown")
+
     async def generate(body: SamplingRequest, request: Request, dialect: Dialect,
                        prompt: Callable[[], str | list[int]]):
-        """Submit, then answer whole or as SSE chunks; `prompt` raises ValueError for input
-        the engine cannot take (a 400 naming the field)."""
+        """Admit (admission.py), then answer whole or as SSE chunks; `prompt` renders the
+        prompt and raises ValueError for input that cannot be (a 400 naming the field)."""
         arrival = time.monotonic()
         if body.model is not None and body.model not in accepted:
             return reject("model_not_found", 404, f"model: {body.model!r} is not served here; "
                                                   f"available: {model_name!r}", "model")
         rid = f"{dialect.id_prefix}-{next(ids)}"
         try:
-            sink = await worker.submit(rid, prompt(), body.sampling_params())
-        except ValueError as e:  # the engine names the field: a chat's prompt is its messages
-            param, _, rest = str(e).partition(":")
-            param = dialect.prompt_field if param == "prompt" else param
-            return reject("invalid_request", 400, f"{param}:{rest}", param)
-        except EngineUnavailable as e:
-            return reject("unavailable", 503, f"engine unavailable: {e}", None, "server_error")
-        except EngineFault as e:
-            return reject("engine_fault", 500, f"engine failure: {e}", None, "server_error")
-        flight = Flight(worker, rid, sink, metrics, arrival)
+            ticket = await admission.admit(rid, body, prompt, dialect.prompt_field,
+                                           client_of(request))
+        except Refused as r:
+            return reject(r.reason, r.status, r.message, r.param, r.kind, r.code, r.headers)
+        flight = Flight(worker, rid, ticket.sink, metrics, arrival, ticket.deadline,
+                        ticket.on_end)
         created = int(time.time())
+        timeout_error = {"message": timeout_message(limits.request_timeout_s or 0),
+                         "type": "server_error", "param": None, "code": "timeout"}
 
         def response(obj: str, choices: list, usage: dict | None) -> dict:
             return {"id": rid, "object": obj, "created": created, "model": model_name,
@@ -175,6 +193,8 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
                 return Response(status_code=499)  # nobody is left to read it
             if isinstance(out, EngineFailure):
                 return engine_failure(out.message)
+            if flight.timed_out:  # what it generated is dropped, as with any error status
+                return JSONResponse(status_code=504, content={"error": timeout_error})
             return response(dialect.object, [dialect.choice(out.text, out.finish_reason)],
                             usage_of(out))
 
@@ -191,6 +211,15 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
                 if isinstance(out, EngineFailure):  # headers are sent: report in-stream
                     yield sse({"error": {"message": f"engine failure: {redact(out.message)}",
                                          "type": "server_error"}})
+                    return
+                if flight.timed_out:
+                    # An error event, which OpenAI's clients raise as an APIError (a finish
+                    # reason would pass for a normal end), then [DONE] for plain SSE readers.
+                    if out.new_text:  # text the abort released is still the client's
+                        yield sse(response(dialect.chunk_object,
+                                           [dialect.delta(out.new_text, None)], None))
+                    yield sse({"error": timeout_error})
+                    yield "data: [DONE]\n\n"
                     return
                 finish = out.finish_reason if out.finished else None
                 yield sse(response(dialect.chunk_object, [dialect.delta(out.new_text, finish)],
@@ -237,7 +266,7 @@ def listen_socket(host: str, port: int, allow_zero: bool = False):
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, engine_config=None,
           log_level: str = "warning", graceful_shutdown_s: float = GRACEFUL_SHUTDOWN_S,
-          api_keys: frozenset[str] = frozenset()) -> None:
+          api_keys: frozenset[str] = frozenset(), limits: Limits | None = None) -> None:
     import uvicorn
 
     from workbench.engine import EngineConfig, LLMEngine
@@ -252,7 +281,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, engine_config=N
         aliases = {str(model)}
         if engine.model_path is not None:
             aliases |= {str(engine.model_path), str(Path(engine.model_path).resolve())}
-        app = create_app(engine, served_name(model), aliases, api_keys)
+        app = create_app(engine, served_name(model), aliases, api_keys, limits)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 timeout_graceful_shutdown=graceful_shutdown_s)
         uvicorn.Server(config).run(sockets=[sock])

@@ -44,6 +44,15 @@ def load_api_keys(key_file: str | os.PathLike | None = None,
     return frozenset(keys)
 
 
+def bearer_token(scope) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None without one."""
+    header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+    if header is None:
+        return None
+    scheme, _, token = header.decode("latin-1").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 class ApiKeyMiddleware:
     """Refuses HTTP requests without a configured key (401); `on_reject` counts them."""
 
@@ -53,15 +62,14 @@ class ApiKeyMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
-        header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        scheme, _, token = header.decode("latin-1").partition(" ")
-        token = token.strip()
+        token = bearer_token(scope)
         # compare_digest against every key: the time taken says nothing about which is near.
-        if scheme.lower() == "bearer" and sum(
+        if token is not None and sum(
                 hmac.compare_digest(token.encode(), k.encode()) for k in self.keys):
             return await self.app(scope, receive, send)
         self.on_reject()
-        message = ("missing API key: send 'Authorization: Bearer <key>'" if not header
+        has_header = any(k == b"authorization" for k, _ in scope["headers"])
+        message = ("missing API key: send 'Authorization: Bearer <key>'" if not has_header
                    else "invalid API key")
         response = error_response(401, message, None, "authentication_error")
         response.headers["WWW-Authenticate"] = "Bearer"

@@ -10,8 +10,8 @@ naturally than any markup, and every tokenizer encodes it. It goes through the s
 what `chat_prompt` returns, and `LLMEngine.generate(chat_prompt(...))` reproduces a greedy
 chat answer.
 
-Rendering only reads the tokenizer's template (no tokenizer state changes), so the HTTP
-thread does it; the engine thread only ever sees the resulting text.
+Rendering only reads the tokenizer's template (no tokenizer state changes), so the server's
+tokenizing threads do it (admission.py); the engine thread only ever sees the token ids.
 """
 
 from __future__ import annotations

@@ -17,9 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from workbench.engine import SamplingParams
 from workbench.engine.sampling_params import require_utf8
 
-# OpenAI's default for /v1/completions. Chat has none (it runs to the end of the context), but
-# the handler cannot know the prompt's length before the engine thread tokenizes it, so chat
-# uses the same default; clients that want more say so (max_tokens / max_completion_tokens).
+# OpenAI's default max_tokens for /v1/completions. Chat has none: it runs to the end of the
+# context, which the server knows once it has tokenized the prompt (server/admission.py).
 DEFAULT_MAX_TOKENS = 16
 
 
@@ -67,12 +66,22 @@ class SamplingRequest(BaseModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
-    def output_limit(self) -> int:
-        return DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens
+    def requested_max_tokens(self) -> int | None:
+        """max_tokens as the client sent it; None when it sent none."""
+        return self.max_tokens
 
-    def sampling_params(self) -> SamplingParams:
+    def default_max_tokens(self, room: int) -> int:
+        """max_tokens when the client sent none; `room`: what the context leaves after the
+        prompt."""
+        return DEFAULT_MAX_TOKENS
+
+    def output_limit(self, room: int) -> int:
+        asked = self.requested_max_tokens()
+        return self.default_max_tokens(room) if asked is None else asked
+
+    def sampling_params(self, room: int) -> SamplingParams:
         """The engine's params; raises SamplingParams' ValueError (naming the field)."""
-        return SamplingParams(max_tokens=self.output_limit(), temperature=self.temperature,
+        return SamplingParams(max_tokens=self.output_limit(room), temperature=self.temperature,
                               top_p=self.top_p, top_k=self.top_k, seed=self.seed,
                               stop=self.stop, stop_token_ids=self.stop_token_ids,
                               ignore_eos=self.ignore_eos)
@@ -97,18 +106,24 @@ class ChatCompletionRequest(SamplingRequest):
     # OpenAI's newer name for max_tokens in chat; either may be given, not two different ones.
     max_completion_tokens: int | None = None
 
-    def output_limit(self) -> int:
+    def requested_max_tokens(self) -> int | None:
         a, b = self.max_completion_tokens, self.max_tokens
         if a is not None and b is not None and a != b:
             raise ValueError(f"max_completion_tokens: {a} contradicts max_tokens {b}; "
                              "give one of them")
-        return super().output_limit() if a is None else a
+        return b if a is None else a
+
+    def default_max_tokens(self, room: int) -> int:
+        # OpenAI's chat runs to the end of the context. At least 1: a prompt that leaves no
+        # room is then refused by the context check.
+        return max(1, room)
 
 
 def error_response(status: int, message: str, param: str | None = None,
-                   kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {
-        "message": message, "type": kind, "param": param, "code": None}})
+                   kind: str = "invalid_request_error", code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, headers=headers, content={"error": {
+        "message": message, "type": kind, "param": param, "code": code}})
 
 
 def usage_of(out) -> dict:

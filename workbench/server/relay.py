@@ -6,12 +6,18 @@ A client that leaves is noticed by the handler (a failed send, or the connection
 a non-streaming answer is computed); `abandon` then aborts the request, which frees its KV
 blocks at once, and reads its last output in the background, so that what it generated is
 counted (see workbench/server/metrics.py for what each request counts).
+
+A request with a deadline (`--request-timeout`, admission.py) that is still running when it
+passes is aborted the same way; its last output then says `timed_out`, and it counts as
+finished_reason timeout. When it ends, however it ends, `on_end` hears its token counts (the
+rate limiter gives back what it did not use).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from starlette.responses import StreamingResponse
 
@@ -23,12 +29,23 @@ _draining: set[asyncio.Task] = set()  # the loop keeps only weak references to t
 
 class Flight:
     def __init__(self, worker: EngineWorker, request_id: str, sink: asyncio.Queue,
-                 metrics: ServerMetrics, arrival: float):
+                 metrics: ServerMetrics, arrival: float, deadline: float | None = None,
+                 on_end: Callable[[int, int], None] | None = None):
         self.worker, self.request_id, self.sink = worker, request_id, sink
         self.metrics, self.arrival = metrics, arrival  # arrival: time.monotonic() at the handler
+        self.on_end = on_end  # (prompt tokens, output tokens), once, when it is over
         self.over = False  # a finished output or an EngineFailure has been read
+        self.timed_out = False  # it ended because its deadline aborted it
+        self._expired = False  # the deadline passed while it ran (an abort is on its way)
         self._last = None  # the latest output read
         self._last_time: float | None = None  # when the latest output with tokens was read
+        self._timer = None if deadline is None else asyncio.get_running_loop().call_at(
+            deadline, self._expire)  # deadline: loop time
+
+    def _expire(self) -> None:
+        if not self.over:
+            self._expired = True
+            self.worker.abort(self.request_id)
 
     async def next(self):
         """The next output (a RequestOutput), or the EngineFailure that ended the request."""
@@ -77,10 +94,9 @@ class Flight:
     def _count(self, item, connected: bool) -> None:
         now, m = time.monotonic(), self.metrics
         if isinstance(item, EngineFailure):
-            self.over = True
             last = self._last
-            m.ended("error", len(last.prompt_token_ids) if last else 0,
-                    len(last.token_ids) if last else 0)
+            self._end("error", len(last.prompt_token_ids) if last else 0,
+                      len(last.token_ids) if last else 0)
             return
         self._last = item
         if connected and item.new_token_ids:
@@ -90,10 +106,22 @@ class Flight:
                 m.itl.observe(now - self._last_time)
             self._last_time = now
         if item.finished:
-            self.over = True
-            m.ended(item.finish_reason, len(item.prompt_token_ids), len(item.token_ids))
+            # An abort after the deadline passed is the timeout's (a client that left at the
+            # same moment would have aborted it too); a request that finished first did not
+            # time out.
+            self.timed_out = self._expired and item.finish_reason == "abort"
+            reason = "timeout" if self.timed_out else item.finish_reason
+            self._end(reason, len(item.prompt_token_ids), len(item.token_ids))
             if connected and item.finish_reason in ("stop", "length"):
                 m.e2e.observe(now - self.arrival)
+
+    def _end(self, reason: str, prompt_tokens: int, output_tokens: int) -> None:
+        self.over = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.metrics.ended(reason, prompt_tokens, output_tokens)
+        if self.on_end is not None:
+            self.on_end(prompt_tokens, output_tokens)
 
 
 class FlightStream(StreamingResponse):

@@ -5,9 +5,12 @@ through a queue and never block a thread while they wait: acceptance comes back 
 future and outputs through each request's asyncio.Queue, both completed on the server's loop
 with `call_soon_threadsafe` (one call per loop per step, however many streams advanced).
 
-Readers on other threads (GET /metrics) see the engine only through `stats`, a frozen
-snapshot the engine thread replaces after every step and every batch of submissions: swapping
-one reference is atomic, so a reader gets one consistent snapshot without a lock.
+Readers on other threads (GET /metrics, the admission queue) see the engine only through
+`stats`, a frozen snapshot the engine thread replaces after every step and every batch of
+submissions: swapping one reference is atomic, so a reader gets one consistent snapshot
+without a lock. Acceptances are settled only after the snapshot that includes them is
+published, so a request is never in neither place: the admission queue counts it as its own
+until acceptance, and in `stats.waiting` from then on.
 
 Fault containment: a request that makes `add_request` raise fails that request only (a
 ValueError is the client's mistake, anything else an engine fault); a step that raises fails
@@ -98,6 +101,7 @@ class EngineWorker:
         self.stats = EngineStats()  # replaced (never mutated) by the engine thread
         self._preemptions = 0
         self._steps_seen = 0  # telemetry records already added to _preemptions
+        self._settles: list = []  # acceptances to tell their loops after the next _publish
 
     def start(self) -> None:
         self._thread.start()
@@ -151,6 +155,7 @@ class EngineWorker:
             log.exception("engine thread died")
         finally:
             self._dead = reason
+            self._flush_settles()  # accepted ones then hear the failure through their sinks
             self._fail_everyone(reason)
 
     def _loop(self) -> None:
@@ -166,6 +171,7 @@ class EngineWorker:
             except queue.Empty:
                 pass
             self._publish()
+            self._flush_settles()
             if self._stop.is_set() or not eng.has_unfinished():
                 continue
             try:
@@ -189,6 +195,11 @@ class EngineWorker:
         self.stats = EngineStats(len(sched.running), sched.num_waiting + sched.num_swapped,
                                  bm.num_used_blocks, bm.num_blocks, bm.queried_tokens,
                                  bm.hit_tokens, self._preemptions)
+
+    def _flush_settles(self) -> None:
+        for loop, fut, error in self._settles:
+            _post(loop, _settle, fut, None, error)
+        self._settles.clear()
 
     def _fail_all(self, error: Exception) -> None:
         """Abort everything in flight and hand each waiting client the error."""
@@ -240,7 +251,7 @@ class EngineWorker:
                 self.engine.abort(item.request_id)
             except Exception:  # noqa: BLE001 - a broken engine shows at its next step
                 log.exception("abort of half-added %s failed", item.request_id)
-        _post(item.loop, _settle, item.accepted, None, error)
+        self._settles.append((item.loop, item.accepted, error))
 
     def _deliver(self, outs) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
