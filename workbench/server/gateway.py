@@ -281,6 +281,7 @@ def create_gateway_app(pools: dict[str, Pool], aliases: dict[str, str] | None = 
     @app.get("/health")
     async def health():
         models = {m: [{"replica": r.index, "healthy": r.healthy,
+                       "pid": r.proc.pid if r.proc else None,
                        **({"reason": r.reason} if r.reason else {})} for r in p.replicas]
                   for m, p in pools.items()}
         down = [m for m, p in pools.items() if not any(r.healthy for r in p.replicas)]
@@ -553,6 +554,10 @@ def serve_gateway(models: list[str], replicas: int = 1, lb: str = "round-robin",
                                  on_shutdown=lambda: stop_replicas(procs))
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 timeout_graceful_shutdown=graceful_shutdown_s)
+        # uvicorn re-raises the SIGTERM it handled once its graceful shutdown (replicas
+        # stopped by then) is over; under the default disposition that would end the process
+        # with status -15 instead of 0, so SIGTERM's own handler does nothing.
+        signal.signal(signal.SIGTERM, lambda *_: None)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         stop_replicas(procs)  # already stopped on a normal exit: a no-op then

@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     # The port goes out only once the engine is loaded; the gateway still waits for /health.
     print(f"{PORT_LINE} {sock.getsockname()[1]}", flush=True)
     os.dup2(2, 1)  # nothing else on the pipe the gateway stopped reading
+    # uvicorn re-raises the SIGTERM it handled after its graceful shutdown: a no-op handler
+    # makes that an exit 0 (as the gateway does).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run(sockets=[sock])
     finally:
