@@ -139,6 +139,29 @@ def test_round_robin_alternates_and_greedy_text_equals_generate(rr, engine):
     assert health["status"] == "ok" and len(health["models"]["tiny"]) == 2
 
 
+def test_a_client_that_leaves_aborts_its_request_in_the_replica(rr):
+    url = rr
+
+    def aborts(samples):
+        return sum(v for k, v in samples.items()
+                   if k.startswith(f"{M}request_success_total") and "finished_reason=abort" in k)
+
+    before = aborts(scrape(url))
+    with httpx.stream("POST", f"{url}/v1/completions", timeout=120, json={
+            "prompt": PROMPT, "max_tokens": 1900, "ignore_eos": True, "stream": True}) as s:
+        replica = s.headers["x-workbench-replica"]
+        for i, _line in enumerate(s.iter_lines()):
+            if i == 4:
+                break  # leaving the block closes the connection mid-stream
+    # The gateway closed its upstream stream, so the replica aborted the request (its
+    # counters, polled by the gateway) and holds no KV for it.
+    wait_until(lambda: aborts(scrape(url)) == before + 1, "the replica's abort")
+    s = wait_until(lambda: (x := scrape(url))[
+        f"{M}num_requests_running{{model=tiny,replica={replica}}}"] == 0 and x, "idle replica")
+    assert s[f"{M}kv_cache_usage_perc{{model=tiny,replica={replica}}}"] == 0
+    assert s[f"{M}lb_outstanding{{model=tiny,replica={replica}}}"] == 0
+
+
 def test_gateway_errors_are_openai_shaped(rr):
     url = rr
     r = httpx.post(f"{url}/v1/completions", content=b"{not json",

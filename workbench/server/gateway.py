@@ -52,7 +52,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import StreamingResponse
 
@@ -197,9 +197,14 @@ class _ReplicaCollector:
                                     "Share of the replica's KV blocks in use (polled).",
                                     labels=["model", "replica"]),
         }
+        ended = CounterMetricFamily(f"{PREFIX}request_success",
+                                    "Requests that ended in the replica, by finish reason "
+                                    "(polled).", labels=["model", "replica", "finished_reason"])
         for pool in self.pools.values():
             for rep in pool.replicas:
                 lab, s = [pool.model, rep.label()], rep.stats
+                for reason, n in (s.get("request_success") or {}).items():
+                    ended.add_metric([*lab, reason], n)
                 fams["outstanding"].add_metric(lab, rep.outstanding)
                 fams["healthy"].add_metric(lab, float(rep.healthy))
                 fams["running"].add_metric(lab, s.get("running", 0))
@@ -207,6 +212,7 @@ class _ReplicaCollector:
                 total = s.get("kv_blocks_total") or 0
                 fams["kv"].add_metric(lab, s.get("kv_blocks_used", 0) / total if total else 0.0)
         yield from fams.values()
+        yield ended
 
 
 class _ProxyStream(StreamingResponse):

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from workbench.engine import EngineConfig, LLMEngine
     from workbench.server.app import create_app, listen_socket, served_name
+    from workbench.server.metrics import FINISH_REASONS, PREFIX
 
     if args.threads > 0:  # replicas share the machine's cores; see `workbench serve --help`
         torch.set_num_threads(args.threads)
@@ -73,11 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     if engine.model_path is not None:
         aliases |= {str(engine.model_path)}
     app = create_app(engine, args.name or served_name(args.model), aliases)
-    worker = app.state.worker
+    worker, registry = app.state.worker, app.state.metrics.registry
 
     @app.get("/stats")
     async def stats():
-        return asdict(worker.stats) | {"dead": worker.dead}
+        ended = {r: registry.get_sample_value(f"{PREFIX}request_success_total",
+                                              {"finished_reason": r}) or 0.0
+                 for r in FINISH_REASONS}
+        return asdict(worker.stats) | {"dead": worker.dead, "request_success": ended}
 
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5.0)
     server = uvicorn.Server(config)
