@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server_helpers import kill_server, scrape, start_server, stop_server
+from tests.server_helpers import free_port, kill_server, scrape, start_server, stop_server
 from workbench.engine import SamplingParams
 from workbench.server.chat import chat_prompt
 from workbench.server.router import parse_rules
@@ -334,3 +336,17 @@ def test_router_files_are_checked_naming_the_field(doc, message):
     with pytest.raises(ValueError) as e:
         parse_rules(doc, ["tiny", "tiny-qwen2"])
     assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--replicas", "2", "--lb", "nearest"], "error: lb: must be one of"),
+    (["--replicas", "0"], "error: replicas: must be >= 1"),
+    (["--model", "tiny", "--model", "tiny"], "error: model: 'tiny' would be served as"),
+    (["--model", "tiny", "--model", "no-such-model"], "error: model: "),
+])
+def test_gateway_arguments_are_checked_in_one_line(args, message):
+    r = subprocess.run([sys.executable, "-m", "workbench", "serve", "--port", str(free_port()),
+                        *args],
+                       capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert r.returncode == 2 and r.stderr.startswith(message), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
