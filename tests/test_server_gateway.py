@@ -164,6 +164,27 @@ def test_a_client_that_leaves_aborts_its_request_in_the_replica(rr):
     assert s[f"{M}lb_outstanding{{model=tiny,replica={replica}}}"] == 0
 
 
+def test_the_http_driver_runs_a_scenario_through_the_gateway(rr, tmp_path):
+    """What benchmarks/bench_replicas.py does, small: token-id prompts, usage counted."""
+    from workbench.traffic import load_run
+    from workbench.traffic.run_scenario import run_scenario
+    from workbench.traffic.scenario import parse_scenario
+
+    sc = parse_scenario({
+        "name": "via-gateway", "seed": 1,
+        "target": {"kind": "http", "url": rr, "model": "tiny"},
+        "arrival": {"kind": "poisson", "rate": 50.0},
+        "prompt_tokens": {"dist": "uniform", "low": 20, "high": 40},
+        "output_tokens": {"dist": "uniform", "low": 4, "high": 8},
+        "num_requests": 6})
+    before = routed(rr)
+    run = load_run(run_scenario(sc, tmp_path, progress=False, log=lambda m: None))
+    assert run.manifest["target"]["prompt_format"] == "tokens"
+    assert len(run.requests) == 6 and (run.requests.finish_reason == "length").all()
+    after = routed(rr)
+    assert {r: after[r] - before[r] for r in "01"} == {"0": 3.0, "1": 3.0}
+
+
 def test_gateway_errors_are_openai_shaped(rr):
     url = rr
     r = httpx.post(f"{url}/v1/completions", content=b"{not json",
