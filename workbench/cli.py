@@ -165,9 +165,23 @@ def _note(message: str) -> None:
 @app.command()
 @user_errors
 def serve(
-    model: Annotated[str, typer.Option(help="Preset or checkpoint dir.")] = "tiny",
+    model: Annotated[list[str] | None, typer.Option(
+        help="Preset or checkpoint dir (default tiny); repeat to serve several models, each "
+             "by its own replica processes behind a gateway.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port, 1..65535.")] = 8000,
+    replicas: Annotated[int, typer.Option(
+        help="Engine processes per model; above 1 (or with several models) this process is a "
+             "gateway that balances requests over them.")] = 1,
+    lb: Annotated[str, typer.Option(
+        help="Gateway balancer: round-robin | random | least-outstanding | least-kv | "
+             "prefix-affinity (the simulator's policies).")] = "round-robin",
+    router: Annotated[str | None, typer.Option(
+        help="Router YAML: requests naming no model go to the cheapest model whose rule "
+             "matches (see workbench/server/router.py).")] = None,
+    replica_threads: Annotated[int, typer.Option(
+        help="Torch threads per replica process (0: cores / replicas, at least 1), so that "
+             "replicas do not contend for the same cores.")] = 0,
     dtype: str = "auto",
     max_num_seqs: int = 32,
     block_size: int = 16,
@@ -224,8 +238,19 @@ def serve(
                           memory_budget=memory_budget, kv_cache_dtype=kv_cache_dtype,
                           quantization=quantization,
                           quantization_group_size=quantization_group_size)
+    models = model or ["tiny"]
     try:  # host and port are checked (and bound) before the model loads
-        run_server(model, host, port, config, api_keys=api_keys, limits=limits)
+        if replicas == 1 and len(models) == 1 and router is None:  # no proxy hop
+            run_server(models[0], host, port, config, api_keys=api_keys, limits=limits)
+        else:
+            from workbench.server.gateway import serve_gateway
+
+            if limits != Limits(**size):  # the gateway has no admission of its own yet
+                raise ValueError("max-queued / rate-limit-rpm / rate-limit-tpm / "
+                                 "request-timeout: not yet supported behind a gateway "
+                                 "(--replicas > 1, several models or --router)")
+            serve_gateway(models, replicas, lb, router, host, port, config, api_keys,
+                          threads=replica_threads)
     except KeyboardInterrupt:  # Ctrl-C while loading or after a graceful stop: no traceback
         raise typer.Exit(130) from None
 

@@ -49,6 +49,9 @@ class EngineStats:
     prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache at admission
     prefix_cache_hits: int = 0  # of those, found cached
     preemptions: int = 0
+    # KV blocks the waiting and swapped-out requests will need: the least-kv balancer of a
+    # gateway in front of replicas compares (used + queued) / total, as the simulator's does.
+    kv_blocks_queued: int = 0
 
 
 class EngineUnavailable(RuntimeError):
@@ -192,9 +195,10 @@ class EngineWorker:
         self._steps_seen = min(self._steps_seen, len(steps))  # telemetry cleared by its owner
         self._preemptions += sum(r.num_preempted for r in steps[self._steps_seen:])
         self._steps_seen = len(steps)
+        queued = sum(bm.blocks_for(s.num_tokens) for s in (*sched.waiting, *sched.swapped))
         self.stats = EngineStats(len(sched.running), sched.num_waiting + sched.num_swapped,
                                  bm.num_used_blocks, bm.num_blocks, bm.queried_tokens,
-                                 bm.hit_tokens, self._preemptions)
+                                 bm.hit_tokens, self._preemptions, queued)
 
     def _flush_settles(self) -> None:
         for loop, fut, error in self._settles:

@@ -48,6 +48,15 @@ class Replica:
         sched = self.scheduler
         return len(sched.running) + len(sched.waiting) + len(sched.swapped)
 
+    @property
+    def kv_load(self) -> float:
+        """Share of the KV pool in use plus what waiting and swapped-out requests will need
+        (what the least-kv balancer compares; a real replica publishes the same figure)."""
+        bm = self.block_manager
+        queued = sum(bm.blocks_for(s.num_tokens)
+                     for s in (*self.scheduler.waiting, *self.scheduler.swapped))
+        return (bm.num_used_blocks + queued) / bm.num_blocks
+
     def admit(self, seq: Sequence) -> None:
         if not self.scheduler.has_unfinished():
             self.now = max(self.now, seq.arrival)  # an idle replica wakes at the arrival
