@@ -1,7 +1,8 @@
 """Served vs in-process: what `workbench serve` costs against the engine driven directly.
 
     python benchmarks/bench_served.py [--model small] [--concurrency 16] [--requests 64]
-        [--prompt-tokens 128] [--output-tokens 128] [--repeats 3] [--threads N] [--seed 0]
+        [--prompt-tokens 64] [--output-tokens 128] [--repeats 3] [--threads N] [--seed 0]
+        [--breakdown] [--switch-interval S]
 
 One closed-loop scenario (`concurrency` clients, each sending its next request when the last
 one completes; fixed prompt and output lengths, greedy, ignore_eos), driven two ways with the
@@ -21,15 +22,28 @@ Threads: torch runs `--threads` intra-op threads in both (set here with torch.se
 in the server through OMP_NUM_THREADS). The server process, its engine thread and the HTTP
 driver in this process share the machine's cores during a served pass, as a client on the
 same host would; the in-process pass has the engine and its driver on one thread. On a small
-machine this contention is part of what the ratio measures.
+machine this contention is part of what the ratio measures. The environment (e.g.
+OMP_WAIT_POLICY, printed) reaches both processes: on a busy machine, set
+OMP_WAIT_POLICY=passive, or OpenMP threads spinning at barriers can slow either side by 10x.
+
+--breakdown: where the served pass loses time. The served process then runs `workbench
+serve`'s own function (workbench.server.app.serve) from this script, which keeps the engine
+and writes its per-step telemetry at exit; both systems' steps within each pass are then
+compared: steps and mean batch, mean step time by phase (forward, scheduling and input
+preparation, sampling, postprocessing incl. detokenization), the time between steps, and
+the share of the wall time the engine was stepping. Both processes read CLOCK_MONOTONIC, so
+the passes' windows select the child's steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import math
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -64,18 +78,32 @@ def scenario(args, url: str, seed: int, num_requests: int, output_tokens: int):
         "num_requests": num_requests, "temperature": 0.0, "ignore_eos": True})
 
 
+def engine_config(args, num_kv_blocks: int):
+    from workbench.engine import EngineConfig
+
+    return EngineConfig(dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+                        block_size=args.block_size, num_kv_blocks=num_kv_blocks)
+
+
 @contextlib.contextmanager
-def server_process(args, port: int, num_kv_blocks: int):
-    """`workbench serve` with this run's engine configuration, up (GET /health) until exit.
+def server_process(args, port: int, num_kv_blocks: int, steps_path: str | None = None):
+    """`workbench serve` with this run's engine configuration, up (GET /health) until exit;
+    with `steps_path`, `serve_child` instead (the same serve function, telemetry kept).
     Its output goes to a temporary file: a pipe nobody reads could fill and block it."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     url = f"http://127.0.0.1:{port}"
+    engine_args = ["--model", args.model, "--dtype", args.dtype, "--max-num-seqs",
+                   str(args.max_num_seqs), "--block-size", str(args.block_size)]
+    if steps_path is None:
+        cmd = [sys.executable, "-m", "workbench", "serve", "--host", "127.0.0.1", "--port",
+               str(port), "--num-kv-blocks", str(num_kv_blocks), *engine_args]
+    else:
+        cmd = [sys.executable, __file__, "--serve-child", steps_path, "--port", str(port),
+               "--num-kv-blocks", str(num_kv_blocks), *engine_args]
+        if args.switch_interval is not None:
+            cmd += ["--switch-interval", str(args.switch_interval)]
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "workbench", "serve", "--model", args.model, "--host",
-             "127.0.0.1", "--port", str(port), "--dtype", args.dtype, "--max-num-seqs",
-             str(args.max_num_seqs), "--block-size", str(args.block_size), "--num-kv-blocks",
-             str(num_kv_blocks)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 600
             while True:
@@ -92,12 +120,69 @@ def server_process(args, port: int, num_kv_blocks: int):
                 time.sleep(0.2)
             yield url
         finally:
-            proc.terminate()
+            # SIGINT: uvicorn's graceful stop, after which serve_child writes its telemetry.
+            proc.send_signal(signal.SIGINT if steps_path else signal.SIGTERM)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def serve_child(args) -> None:
+    """`workbench serve` (workbench.server.app.serve, as the CLI calls it) keeping the engine
+    it loads; at exit (SIGINT) its step records go to args.serve_child as JSON."""
+    from workbench.engine import LLMEngine
+    from workbench.server.app import serve
+
+    engines = []
+    load = LLMEngine.from_pretrained
+
+    def keep(*a, **kw):
+        engines.append(load(*a, **kw))
+        return engines[-1]
+
+    LLMEngine.from_pretrained = keep
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT once stopped
+        serve(args.model, "127.0.0.1", args.port, engine_config(args, args.num_kv_blocks))
+    with open(args.serve_child, "w") as f:
+        json.dump([dataclasses.asdict(r) for r in engines[0].telemetry], f)
+
+
+def step_stats(steps, t0: float, t1: float) -> dict:
+    """The engine's steps within one pass [t0, t1] (monotonic clock)."""
+    sel = [r for r in steps if t0 <= r.t_start and r.t_end <= t1]
+    n, wall = max(len(sel), 1), t1 - t0
+    busy = sum(r.t_end - r.t_start for r in sel)
+
+    def ms(total: float) -> float:
+        return total / n * 1e3
+
+    return {"steps": len(sel), "batch": sum(r.num_seqs for r in sel) / n,
+            "step_ms": ms(busy), "forward_ms": ms(sum(r.phase_forward_s for r in sel)),
+            "prepare_ms": ms(sum(r.phase_schedule_s + r.phase_prepare_s for r in sel)),
+            "sample_ms": ms(sum(r.phase_sample_s for r in sel)),
+            "post_ms": ms(sum(r.phase_postprocess_s for r in sel)),
+            "gap_ms": ms(wall - busy), "busy": busy / wall}
+
+
+def print_breakdown(windows: dict, engine, steps_path: str) -> None:
+    from workbench.engine.telemetry import StepRecord
+
+    with open(steps_path) as f:
+        served_steps = [StepRecord(**d) for d in json.load(f)]
+    steps = {"in-process": engine.telemetry, "served": served_steps}
+    print("where the time goes (engine telemetry within each pass, medians over repeats):")
+    for system in SYSTEMS:
+        stats = [step_stats(steps[system], t0, t1) for t0, t1 in windows[system]]
+        m = {k: statistics.median(s[k] for s in stats) for k in stats[0]}
+        print(f"  {system:>10}: {m['steps']:.0f} steps, mean batch {m['batch']:.1f}; per step "
+              f"{m['step_ms']:.2f} ms (forward {m['forward_ms']:.2f}, schedule+prepare "
+              f"{m['prepare_ms']:.2f}, sample {m['sample_ms']:.2f}, postprocess "
+              f"{m['post_ms']:.2f}) + {m['gap_ms']:.2f} ms between steps; engine stepping "
+              f"{m['busy']:.0%} of the wall time")
 
 
 def one_pass(system: str, engine, sc, vocab: int) -> dict:
@@ -125,14 +210,27 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--requests", type=int, default=64)
-    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--output-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-num-seqs", type=int, default=32)
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print where each system's time goes (engine telemetry)")
+    ap.add_argument("--switch-interval", type=float,
+                    help="an experiment (implies --breakdown): sys.setswitchinterval in the "
+                         "served process; the GIL hand-off between its event loop and engine "
+                         "thread waits up to this long (Python's default: 0.005 s)")
+    ap.add_argument("--serve-child", help=argparse.SUPPRESS)  # internal: see serve_child
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--num-kv-blocks", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_child:
+        serve_child(args)
+        return
+    args.breakdown = args.breakdown or args.switch_interval is not None
     for name in ("concurrency", "requests", "prompt_tokens", "output_tokens", "repeats",
                  "threads"):
         if getattr(args, name) < 1:
@@ -140,27 +238,38 @@ def main() -> None:
 
     import torch
 
-    from workbench.engine import EngineConfig, LLMEngine
+    from workbench.engine import LLMEngine
 
     torch.set_num_threads(args.threads)
     # Both engines get the same explicit pool (default sizing reads free memory, which differs
     # between the processes): twice what the concurrent sequences can hold at their longest.
     per_seq = math.ceil((args.prompt_tokens + args.output_tokens) / args.block_size)
     num_kv_blocks = 2 * per_seq * max(args.concurrency, 1)
-    config = EngineConfig(dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-                          block_size=args.block_size, num_kv_blocks=num_kv_blocks)
-    engine = LLMEngine.from_pretrained(args.model, config)
+    engine = LLMEngine.from_pretrained(args.model, engine_config(args, num_kv_blocks))
     vocab = engine.model_config.vocab_size
     print(f"model {args.model} ({args.dtype}, {engine.device}), max_num_seqs "
           f"{args.max_num_seqs}, block size {args.block_size}, {num_kv_blocks} KV blocks; "
           f"torch threads {args.threads} in each process, {os.cpu_count()} cores, "
-          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+          + ("" if args.switch_interval is None
+             else f"; served process switch interval {args.switch_interval} s"))
     print(f"workload: closed loop, {args.concurrency} concurrent streams, {args.requests} "
           f"requests of {args.prompt_tokens} prompt + {args.output_tokens} output tokens, "
           f"greedy, ignore_eos; seed {args.seed} + repeat; {args.repeats} repeats, order "
           "rotated; served: workbench serve on 127.0.0.1 + the HTTP driver")
+    with tempfile.TemporaryDirectory() as tmp:
+        steps_path = os.path.join(tmp, "steps.json") if args.breakdown else None
+        results, windows = measure(args, engine, vocab, num_kv_blocks, steps_path)
+        report(args, results)
+        if steps_path:
+            print_breakdown(windows, engine, steps_path)
+
+
+def measure(args, engine, vocab: int, num_kv_blocks: int, steps_path: str | None):
+    """Each system's summary per repeat, and the [start, end] of each of its passes."""
     results: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
-    with server_process(args, free_port(), num_kv_blocks) as url:
+    windows: dict[str, list[tuple[float, float]]] = {s: [] for s in SYSTEMS}
+    with server_process(args, free_port(), num_kv_blocks, steps_path) as url:
         # Warm-up (not reported): first steps allocate and pick kernels in each process.
         warm = scenario(args, url, args.seed + args.repeats, args.concurrency, 4)
         for system in SYSTEMS:
@@ -169,12 +278,17 @@ def main() -> None:
             sc = scenario(args, url, args.seed + i, args.requests, args.output_tokens)
             order = SYSTEMS[i % 2:] + SYSTEMS[:i % 2]
             for system in order:
+                t0 = time.monotonic()
                 s = one_pass(system, engine, sc, vocab)
+                windows[system].append((t0, time.monotonic()))
                 results[system].append(s)
                 print(f"  repeat {i + 1} {system:>10}: {s['output_throughput']:8.1f} output "
                       f"tok/s, TTFT p50 {s['ttft_p50'] * 1e3:7.1f} ms, TPOT p50 "
                       f"{s['tpot_p50'] * 1e3:6.2f} ms, {s['duration_s']:.2f} s")
+    return results, windows
 
+
+def report(args, results: dict[str, list[dict]]) -> None:
     med = {s: {k: statistics.median(r[k] for r in results[s])
                for k in ("output_throughput", "ttft_p50", "tpot_p50")} for s in SYSTEMS}
     print(f"median of {args.repeats}:")
@@ -188,7 +302,6 @@ def main() -> None:
     print(f"served / in-process output tok/s: {ratio:.3f} (per repeat: "
           f"{', '.join(f'{r:.3f}' for r in ratios)}; target >= 0.90: "
           f"{'met' if ratio >= 0.90 else 'NOT met'})")
-
 
 if __name__ == "__main__":
     main()
