@@ -7,7 +7,7 @@ Checked afterwards:
 - every stream read to the end is well formed: each `data:` line is a JSON chunk of the
   right object with the request's id, exactly one finish_reason and on the last choice chunk,
   the usage chunk (no choices) after it exactly when include_usage was asked, `[DONE]` last;
-  one chunk per output token (completions), `length` means max_tokens tokens;
+  one chunk per output token, `length` means max_tokens tokens;
 - the engine is clean: no request running or waiting and KV usage 0 (a bounded wait);
 - /metrics counts what the clients saw (workbench/server/metrics.py states the contract):
   finished requests by reason (stop, length, and one abort per stream its client left, no
@@ -91,7 +91,8 @@ def check_stream(chunks: list[dict], chat: bool, include_usage: bool, max_tokens
     tokens = len(chunks)  # one chunk per output token
     if usage is not None:
         assert usage["completion_tokens"] == tokens, (usage, tokens)
-    assert 1 <= tokens <= max_tokens and (reasons[-1] == "length") == (tokens == max_tokens), \
+    # `stop` may come on the max_tokens-th token too (EOS is checked before the length).
+    assert 1 <= tokens <= max_tokens and (reasons[-1] != "length" or tokens == max_tokens), \
         (reasons[-1], tokens, max_tokens)
     return reasons[-1], usage["prompt_tokens"] if usage else -1, tokens
 
@@ -99,7 +100,7 @@ def check_stream(chunks: list[dict], chat: bool, include_usage: bool, max_tokens
 async def completer(client: httpx.AsyncClient, rng: random.Random, deadline: float,
                     tally: Tally) -> None:
     """Streams to the end: completions with token-id prompts (their length known without
-    usage) or chat; include_usage on most, sampled, ignore_eos on some (so some stop early)."""
+    usage) or chat; include_usage on most, sampled, some with stop tokens or EOS (stop early)."""
     while time.monotonic() < deadline:
         chat = rng.random() < 0.3
         include_usage = chat or rng.random() < 0.75  # a chat prompt's length needs usage
@@ -108,6 +109,8 @@ async def completer(client: httpx.AsyncClient, rng: random.Random, deadline: flo
                 "ignore_eos": rng.random() < 0.5, "stream": True}
         if include_usage:
             body["stream_options"] = {"include_usage": True}
+        if rng.random() < 0.5:  # so that many streams end with `stop` (EOS alone is rare)
+            body["stop_token_ids"] = [rng.randrange(10, VOCAB) for _ in range(64)]
         if chat:
             body["messages"] = [{"role": "user", "content": f"soak {rng.random()} " * 3}]
             prompt_len = -1
