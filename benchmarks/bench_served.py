@@ -118,7 +118,7 @@ def server_process(args, port: int, num_kv_blocks: int, steps_path: str | None =
                 if time.monotonic() > deadline:
                     sys.exit("the server did not come up within 600 s")
                 time.sleep(0.2)
-            yield url
+            yield url, proc.pid
         finally:
             # SIGINT: uvicorn's graceful stop, after which serve_child writes its telemetry.
             proc.send_signal(signal.SIGINT if steps_path else signal.SIGTERM)
@@ -168,7 +168,7 @@ def step_stats(steps, t0: float, t1: float) -> dict:
             "gap_ms": ms(wall - busy), "busy": busy / wall}
 
 
-def print_breakdown(windows: dict, engine, steps_path: str) -> None:
+def print_breakdown(windows: dict, cpu: dict, engine, steps_path: str) -> None:
     from workbench.engine.telemetry import StepRecord
 
     with open(steps_path) as f:
@@ -177,12 +177,26 @@ def print_breakdown(windows: dict, engine, steps_path: str) -> None:
     print("where the time goes (engine telemetry within each pass, medians over repeats):")
     for system in SYSTEMS:
         stats = [step_stats(steps[system], t0, t1) for t0, t1 in windows[system]]
+        for s, (t0, t1), (own, server) in zip(stats, windows[system], cpu[system]):
+            s |= {"wall": t1 - t0, "own_cpu": own, "server_cpu": server}
         m = {k: statistics.median(s[k] for s in stats) for k in stats[0]}
         print(f"  {system:>10}: {m['steps']:.0f} steps, mean batch {m['batch']:.1f}; per step "
               f"{m['step_ms']:.2f} ms (forward {m['forward_ms']:.2f}, schedule+prepare "
               f"{m['prepare_ms']:.2f}, sample {m['sample_ms']:.2f}, postprocess "
               f"{m['post_ms']:.2f}) + {m['gap_ms']:.2f} ms between steps; engine stepping "
-              f"{m['busy']:.0%} of the wall time")
+              f"{m['busy']:.0%} of the wall time; CPU seconds: this process "
+              f"{m['own_cpu']:.1f}, server process {m['server_cpu']:.1f}, in {m['wall']:.1f} "
+              f"s wall on {os.cpu_count()} cores")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def one_pass(system: str, engine, sc, vocab: int) -> dict:
@@ -259,17 +273,19 @@ def main() -> None:
           "rotated; served: workbench serve on 127.0.0.1 + the HTTP driver")
     with tempfile.TemporaryDirectory() as tmp:
         steps_path = os.path.join(tmp, "steps.json") if args.breakdown else None
-        results, windows = measure(args, engine, vocab, num_kv_blocks, steps_path)
+        results, windows, cpu = measure(args, engine, vocab, num_kv_blocks, steps_path)
         report(args, results)
         if steps_path:
-            print_breakdown(windows, engine, steps_path)
+            print_breakdown(windows, cpu, engine, steps_path)
 
 
 def measure(args, engine, vocab: int, num_kv_blocks: int, steps_path: str | None):
-    """Each system's summary per repeat, and the [start, end] of each of its passes."""
+    """Each system's summary per repeat, and per pass its [start, end] and the CPU seconds
+    this process (driver, and the in-process engine) and the server process used."""
     results: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
     windows: dict[str, list[tuple[float, float]]] = {s: [] for s in SYSTEMS}
-    with server_process(args, free_port(), num_kv_blocks, steps_path) as url:
+    cpu: dict[str, list[tuple[float, float]]] = {s: [] for s in SYSTEMS}
+    with server_process(args, free_port(), num_kv_blocks, steps_path) as (url, pid):
         # Warm-up (not reported): first steps allocate and pick kernels in each process.
         warm = scenario(args, url, args.seed + args.repeats, args.concurrency, 4)
         for system in SYSTEMS:
@@ -278,14 +294,15 @@ def measure(args, engine, vocab: int, num_kv_blocks: int, steps_path: str | None
             sc = scenario(args, url, args.seed + i, args.requests, args.output_tokens)
             order = SYSTEMS[i % 2:] + SYSTEMS[:i % 2]
             for system in order:
-                t0 = time.monotonic()
+                t0, own0, server0 = time.monotonic(), time.process_time(), cpu_seconds(pid)
                 s = one_pass(system, engine, sc, vocab)
                 windows[system].append((t0, time.monotonic()))
+                cpu[system].append((time.process_time() - own0, cpu_seconds(pid) - server0))
                 results[system].append(s)
                 print(f"  repeat {i + 1} {system:>10}: {s['output_throughput']:8.1f} output "
                       f"tok/s, TTFT p50 {s['ttft_p50'] * 1e3:7.1f} ms, TPOT p50 "
                       f"{s['tpot_p50'] * 1e3:6.2f} ms, {s['duration_s']:.2f} s")
-    return results, windows
+    return results, windows, cpu
 
 
 def report(args, results: dict[str, list[dict]]) -> None:
