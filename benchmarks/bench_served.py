@@ -31,8 +31,10 @@ serve`'s own function (workbench.server.app.serve) from this script, which keeps
 and writes its per-step telemetry at exit; both systems' steps within each pass are then
 compared: steps and mean batch, mean step time by phase (forward, scheduling and input
 preparation, sampling, postprocessing incl. detokenization), the time between steps, and
-the share of the wall time the engine was stepping. Both processes read CLOCK_MONOTONIC, so
-the passes' windows select the child's steps.
+the share of the wall time the engine was stepping, and the CPU seconds of each process per
+pass (/proc). Both processes read CLOCK_MONOTONIC, so the passes' windows select the child's
+steps. --switch-interval S (an experiment, implies --breakdown) sets the served process's
+sys.setswitchinterval: its event loop and engine thread hand the GIL to each other.
 """
 
 from __future__ import annotations
