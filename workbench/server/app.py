@@ -129,7 +129,9 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_req, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), None)
+        response = error_response(exc.status_code, str(exc.detail), None)
+        response.headers.update(exc.headers or {})  # e.g. a 405's Allow (RFC 9110 needs it)
+        return response
 
     @app.get("/health")
     async def health():
