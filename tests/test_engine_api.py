@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.hf_reference import random_workload
 from workbench.engine import RequestRejected, SamplingParams, telemetry_frame
@@ -198,6 +199,9 @@ def test_continuous_batching_needs_fewer_steps_than_static(tiny_engine_factory):
     (dict(max_tokens=0), "max_tokens"),
     (dict(max_tokens=-3), "max_tokens"),
     (dict(temperature=-0.1), "temperature"),
+    (dict(temperature=float("inf")), "temperature"),
+    (dict(seed=1 << 63), "seed"),
+    (dict(seed=True), "seed"),
     (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.5), "top_p"),
     (dict(top_k=-5), "top_k"),
@@ -205,6 +209,14 @@ def test_continuous_batching_needs_fewer_steps_than_static(tiny_engine_factory):
 def test_bad_sampling_params(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**kwargs)
+
+
+def test_a_top_p_below_float32_keeps_the_top_token():
+    from workbench.engine.sampler import sample
+
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
+    params = [SamplingParams(temperature=1.0, top_p=1e-320, seed=s) for s in (1, 2)]
+    assert sample(logits, params, [0, 0], torch.Generator().manual_seed(0)) == [1, 0]
 
 
 def test_bad_requests_do_not_disturb_others(tiny_engine_factory):

@@ -60,5 +60,6 @@ def _top_p(logits: torch.Tensor, ps: list[float]) -> torch.Tensor:
     p = torch.tensor(ps, device=logits.device).unsqueeze(1)
     # Drop a token once the mass before it already reaches p; the top token always stays.
     drop = (cum - sorted_logits.softmax(dim=-1)) >= p
+    drop[:, 0] = False  # also when p underflows float32 to 0 (top_p=1e-320 is valid input)
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)

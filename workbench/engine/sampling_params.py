@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # Temperatures below this sample as greedy: logits / 1e-39 overflow float32 to inf, the softmax
@@ -26,14 +27,16 @@ class SamplingParams:
             raise ValueError(f"max_tokens: must be an integer >= 1, got {self.max_tokens!r}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens: must be >= 1, got {self.max_tokens}")
-        if not self.temperature >= 0:  # also rejects NaN
-            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < math.inf:  # also rejects NaN
+            raise ValueError(f"temperature: must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int) or self.top_k < -1:
             raise ValueError(f"top_k: must be -1, 0 (off) or a positive integer, got {self.top_k}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"seed: must be an integer or None, got {self.seed!r}")
+        # A seed seeds a 64-bit generator: larger ones would silently collide with smaller.
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(
+                self.seed, int) or not -(1 << 63) <= self.seed < 1 << 63):
+            raise ValueError(f"seed: must be a 64-bit integer or None, got {self.seed!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.stop is not None and any(not isinstance(s, str) or not s for s in self.stop):
