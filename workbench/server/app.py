@@ -1,15 +1,17 @@
 """A minimal OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (SSE
-streaming or not), GET /v1/models, GET /health, GET /metrics. The serving issue grows it
-(auth, limits, WebSocket, replicas).
+streaming or not), the same streamed over a WebSocket at /v1/ws, GET /v1/models, GET /health,
+GET /metrics. The serving issue grows it (auth, limits, replicas).
 
 A client's mistake is a 400 with an OpenAI-style error body naming the field, never a 500; an
 engine fault is a 500 for the requests it touched and never stops the server; an engine that
 cannot serve at all makes /health and every completion a fast 503. Clients see the model by
 its name (preset or directory basename), never a local path.
 
-Both generation endpoints run `generate` below: the request formats are protocol.py, the
-prompt of a chat is chat.py, reading a request's outputs (timing, counting, aborting when the
-client leaves) is relay.py, and /metrics is metrics.py.
+Every request runs `admit` below (submission) and, streamed, `chunks` (the chunk objects),
+whichever transport carries it: `generate` answers over HTTP (whole or SSE), websocket.py over
+a WebSocket. The request formats are protocol.py, the prompt of a chat is chat.py, reading a
+request's outputs (timing, counting, aborting when the client leaves) is relay.py, and
+/metrics is metrics.py.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workbench.server import WORKBENCH_OWNER
@@ -43,6 +47,7 @@ from workbench.server.protocol import (
     usage_of,
 )
 from workbench.server.relay import Flight, FlightStream
+from workbench.server.websocket import Opened, add_websocket_route, parse_request_message
 from workbench.server.worker import EngineFailure, EngineFault, EngineUnavailable, EngineWorker
 
 GRACEFUL_SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM, then are aborted
@@ -57,8 +62,9 @@ def served_name(model: str | os.PathLike) -> str:
     return Path(model).expanduser().resolve().name or "model"
 
 
-def _validation_error(exc: RequestValidationError) -> tuple[str, str]:
-    """(message, param) of the first problem in a request body pydantic refused."""
+def _validation_error(exc: RequestValidationError | ValidationError) -> tuple[str, str]:
+    """(message, param) of the first problem in a request body pydantic refused (FastAPI's
+    error for an HTTP body, pydantic's own for a WebSocket message)."""
     first = exc.errors()[0]
     loc = [p for p in first["loc"] if p != "body"]
     if first["type"] == "json_invalid":  # loc is (body, character offset)
@@ -69,6 +75,15 @@ def _validation_error(exc: RequestValidationError) -> tuple[str, str]:
     # A validator that named its field (the engine's own checks do) names only the last part.
     message = message.removeprefix(f"{loc[-1]}: ") if loc else message
     return f"{field}: {message}", field
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A request the engine accepted: what its response envelope says, and its outputs."""
+
+    rid: str
+    created: int  # unix time, OpenAI's `created`
+    flight: Flight
 
 
 def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (),
@@ -134,26 +149,30 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
         return {"object": "list", "data": [{"id": model_name, "object": "model",
                                             "owned_by": WORKBENCH_OWNER}]}
 
+    def prompt_of(body: SamplingRequest, dialect: Dialect) -> Callable[[], str | list[int]]:
+        if dialect.chat:
+            return lambda: chat_prompt(tokenizer, [m.model_dump() for m in body.messages])
+        return lambda: body.prompt
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        return await generate(body, request, COMPLETION, lambda: body.prompt)
+        return await generate(body, request, COMPLETION)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        return await generate(body, request, CHAT, lambda: chat_prompt(
-            tokenizer, [m.model_dump() for m in body.messages]))
+        return await generate(body, request, CHAT)
 
-    async def generate(body: SamplingRequest, request: Request, dialect: Dialect,
-                       prompt: Callable[[], str | list[int]]):
-        """Submit, then answer whole or as SSE chunks; `prompt` raises ValueError for input
-        the engine cannot take (a 400 naming the field)."""
+    async def admit(body: SamplingRequest, dialect: Dialect) -> Started | JSONResponse:
+        """Submit a request (HTTP or WebSocket); the refusal as an OpenAI error response. The
+        request's prompt raises ValueError for input the engine cannot take (a 400 naming
+        the field)."""
         arrival = time.monotonic()
         if body.model is not None and body.model not in accepted:
             return reject("model_not_found", 404, f"model: {body.model!r} is not served here; "
                                                   f"available: {model_name!r}", "model")
         rid = f"{dialect.id_prefix}-{next(ids)}"
         try:
-            sink = await worker.submit(rid, prompt(), body.sampling_params())
+            sink = await worker.submit(rid, prompt_of(body, dialect)(), body.sampling_params())
         except ValueError as e:  # the engine names the field: a chat's prompt is its messages
             param, _, rest = str(e).partition(":")
             param = dialect.prompt_field if param == "prompt" else param
@@ -162,44 +181,79 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
             return reject("unavailable", 503, f"engine unavailable: {e}", None, "server_error")
         except EngineFault as e:
             return reject("engine_fault", 500, f"engine failure: {e}", None, "server_error")
-        flight = Flight(worker, rid, sink, metrics, arrival)
-        created = int(time.time())
+        return Started(rid, int(time.time()), Flight(worker, rid, sink, metrics, arrival))
 
-        def response(obj: str, choices: list, usage: dict | None) -> dict:
-            return {"id": rid, "object": obj, "created": created, "model": model_name,
-                    "choices": choices, "usage": usage}
+    def cut(flight: Flight, out) -> bool:
+        """Whether `out` ends a request the server aborted (Flight.cut): an error to its client,
+        not an answer with finish_reason "abort"."""
+        return out.finished and out.finish_reason == "abort" and flight.cut_reason is not None
 
+    def envelope(s: Started, obj: str, choices: list, usage: dict | None) -> dict:
+        return {"id": s.rid, "object": obj, "created": s.created, "model": model_name,
+                "choices": choices, "usage": usage}
+
+    async def chunks(s: Started, dialect: Dialect, include_usage: bool) -> AsyncIterator[dict]:
+        """A streamed answer as OpenAI's chunk objects, for SSE and WebSocket alike. A request
+        that fails mid-stream ends with one {"error": ...} object instead (the status line
+        is long sent, so the error travels in the stream, as OpenAI and vLLM do)."""
+        if dialect.chat:  # OpenAI's first chat chunk names the role, before any token
+            yield envelope(s, dialect.chunk_object, [dialect.delta("", None, role=True)], None)
+        out = None
+        while not s.flight.over:
+            out = await s.flight.next()
+            if isinstance(out, EngineFailure) or cut(s.flight, out):
+                message = (f"engine failure: {redact(out.message)}"
+                           if isinstance(out, EngineFailure) else s.flight.cut_reason)
+                yield {"error": {"message": message, "type": "server_error", "param": None,
+                                 "code": None}}
+                return
+            finish = out.finish_reason if out.finished else None
+            yield envelope(s, dialect.chunk_object, [dialect.delta(out.new_text, finish)], None)
+        if include_usage:
+            yield envelope(s, dialect.chunk_object, [], usage_of(out))
+
+    async def generate(body: SamplingRequest, request: Request, dialect: Dialect):
+        """Answer whole or as SSE chunks."""
+        started = await admit(body, dialect)
+        if isinstance(started, JSONResponse):
+            return started
+        flight = started.flight
         if not body.stream:
             out = await flight.final_unless_gone(request.receive)
             if out is None:
                 return Response(status_code=499)  # nobody is left to read it
             if isinstance(out, EngineFailure):
                 return engine_failure(out.message)
-            return response(dialect.object, [dialect.choice(out.text, out.finish_reason)],
-                            usage_of(out))
-
-        def sse(data: dict) -> str:
-            return f"data: {json.dumps(data)}\n\n"
+            if cut(flight, out):
+                return error_response(503, flight.cut_reason, None, "server_error")
+            return envelope(started, dialect.object,
+                            [dialect.choice(out.text, out.finish_reason)], usage_of(out))
 
         async def events():
-            if dialect.chat:  # OpenAI's first chat chunk names the role, before any token
-                yield sse(response(dialect.chunk_object, [dialect.delta("", None, role=True)],
-                                   None))
-            out = None
-            while not flight.over:
-                out = await flight.next()
-                if isinstance(out, EngineFailure):  # headers are sent: report in-stream
-                    yield sse({"error": {"message": f"engine failure: {redact(out.message)}",
-                                         "type": "server_error"}})
+            async for chunk in chunks(started, dialect, body.include_usage):
+                yield f"data: {json.dumps(chunk)}\n\n"
+                if "error" in chunk:  # no [DONE]: the stream did not complete
                     return
-                finish = out.finish_reason if out.finished else None
-                yield sse(response(dialect.chunk_object, [dialect.delta(out.new_text, finish)],
-                                   None))
-            if body.include_usage:
-                yield sse(response(dialect.chunk_object, [], usage_of(out)))
             yield "data: [DONE]\n\n"
 
         return FlightStream(flight, events(), media_type="text/event-stream")
+
+    async def open_websocket_request(text: str | bytes) -> Opened:
+        """One request message of /v1/ws (websocket.py): refused, or started and streaming."""
+        try:
+            message = parse_request_message(text)
+            body_type = ChatCompletionRequest if message.dialect.chat else CompletionRequest
+            body = body_type.model_validate(message.body)
+        except ValidationError as e:
+            return reject("invalid_request", 400, *_validation_error(e))
+        except ValueError as e:  # parse_request_message names the field
+            return reject("invalid_request", 400, str(e), str(e).partition(":")[0])
+        started = await admit(body, message.dialect)
+        if isinstance(started, JSONResponse):
+            return started
+        return started.flight, chunks(started, message.dialect, True), message.keep_open
+
+    add_websocket_route(app, open_websocket_request)
 
     return app
 

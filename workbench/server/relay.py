@@ -27,6 +27,7 @@ class Flight:
         self.worker, self.request_id, self.sink = worker, request_id, sink
         self.metrics, self.arrival = metrics, arrival  # arrival: time.monotonic() at the handler
         self.over = False  # a finished output or an EngineFailure has been read
+        self.cut_reason: str | None = None  # why the server aborted it (see `cut`)
         self._last = None  # the latest output read
         self._last_time: float | None = None  # when the latest output with tokens was read
 
@@ -57,6 +58,14 @@ class Flight:
             item = await self.next()
             if self.over:
                 return item
+
+    def cut(self, reason: str) -> None:
+        """The server ends the request (shutdown's deadline): abort it; the handler that still
+        reads it gets the aborted output and tells its client `reason`."""
+        if self.over:
+            return
+        self.cut_reason = reason
+        self.worker.abort(self.request_id)
 
     def abandon(self) -> None:
         """The client is gone (or the response ended early): abort the request and count it
