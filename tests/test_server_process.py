@@ -125,6 +125,7 @@ def _serve_args(*args: str) -> subprocess.CompletedProcess:
     (["--num-kv-blocks", "0"], "error: num_kv_blocks: "),
     (["--dtype", "float8"], "error: dtype: "),
     (["--model", "no-such-model"], "error: model: "),
+    (["--response-cache", "-1"], "error: response-cache: "),
 ])
 def test_serve_rejects_bad_arguments_in_one_line(args, message):
     r = _serve_args(*args)

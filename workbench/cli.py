@@ -188,6 +188,9 @@ def serve(
         help="File of API keys, one per line (also $WORKBENCH_API_KEYS, comma-separated); "
              "with keys, every route but /health needs 'Authorization: Bearer <key>'.")]
     = None,
+    response_cache: Annotated[int, typer.Option(
+        help="Keep the answers of this many greedy (temperature 0) requests and answer an "
+             "identical request from them, without the engine; 0 = off.")] = 0,
 ):
     """OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (SSE or
     whole), GET /v1/models, GET /health, GET /metrics (Prometheus text). Prints the engine's
@@ -204,7 +207,7 @@ def serve(
                           quantization=quantization,
                           quantization_group_size=quantization_group_size)
     try:  # host and port are checked (and bound) before the model loads
-        run_server(model, host, port, config, api_keys=api_keys)
+        run_server(model, host, port, config, api_keys=api_keys, response_cache=response_cache)
     except KeyboardInterrupt:  # Ctrl-C while loading or after a graceful stop: no traceback
         raise typer.Exit(130) from None
 

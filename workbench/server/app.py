@@ -47,6 +47,7 @@ from workbench.server.protocol import (
     usage_of,
 )
 from workbench.server.relay import Flight, FlightStream
+from workbench.server.response_cache import Replay, ResponseCache, cache_key
 from workbench.server.websocket import Opened, add_websocket_route, parse_request_message
 from workbench.server.worker import EngineFailure, EngineFault, EngineUnavailable, EngineWorker
 
@@ -83,16 +84,19 @@ class Started:
 
     rid: str
     created: int  # unix time, OpenAI's `created`
-    flight: Flight
+    flight: Flight | Replay  # Replay: a response cache hit, read the same way
 
 
 def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (),
-               api_keys: frozenset[str] = frozenset()) -> FastAPI:
+               api_keys: frozenset[str] = frozenset(), response_cache: int = 0) -> FastAPI:
     """`model_name` is what /v1/models lists; requests may also name the model by an alias
     (e.g. the path it was loaded from), which is accepted but never echoed. With `api_keys`,
-    every route but /health needs one of them (server/auth.py)."""
+    every route but /health needs one of them (server/auth.py). `response_cache` > 0 keeps
+    that many greedy answers for identical requests (server/response_cache.py)."""
     worker = EngineWorker(engine)
-    metrics = ServerMetrics(worker)
+    # Read and written on the event loop only (admit, and Flight's reads): no lock.
+    cache = ResponseCache(response_cache) if response_cache else None
+    metrics = ServerMetrics(worker, cache)
     tokenizer = engine.tokenizer  # read once, before the engine thread starts (see chat.py)
     model_name = model_name or served_name(engine.model_path or "model")
     accepted = {model_name, *aliases}
@@ -172,7 +176,14 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
                                                   f"available: {model_name!r}", "model")
         rid = f"{dialect.id_prefix}-{next(ids)}"
         try:
-            sink = await worker.submit(rid, prompt_of(body, dialect)(), body.sampling_params())
+            prompt, params = prompt_of(body, dialect)(), body.sampling_params()
+            key = None if cache is None else cache_key(model_name, prompt, params)
+            if key is not None:
+                hit = cache.get(key)
+                metrics.response_cache_lookup(hit is not None)
+                if hit is not None:  # answered without the engine
+                    return Started(rid, int(time.time()), Replay(hit, metrics.answered))
+            sink = await worker.submit(rid, prompt, params)
         except ValueError as e:  # the engine names the field: a chat's prompt is its messages
             param, _, rest = str(e).partition(":")
             param = dialect.prompt_field if param == "prompt" else param
@@ -181,7 +192,8 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
             return reject("unavailable", 503, f"engine unavailable: {e}", None, "server_error")
         except EngineFault as e:
             return reject("engine_fault", 500, f"engine failure: {e}", None, "server_error")
-        return Started(rid, int(time.time()), Flight(worker, rid, sink, metrics, arrival))
+        store = None if key is None else lambda out: cache.put(key, out)
+        return Started(rid, int(time.time()), Flight(worker, rid, sink, metrics, arrival, store))
 
     def cut(flight: Flight, out) -> bool:
         """Whether `out` ends a request the server aborted (Flight.cut): an error to its client,
@@ -291,11 +303,15 @@ def listen_socket(host: str, port: int, allow_zero: bool = False):
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, engine_config=None,
           log_level: str = "warning", graceful_shutdown_s: float = GRACEFUL_SHUTDOWN_S,
-          api_keys: frozenset[str] = frozenset()) -> None:
+          api_keys: frozenset[str] = frozenset(), response_cache: int = 0) -> None:
     import uvicorn
 
     from workbench.engine import EngineConfig, LLMEngine
 
+    if isinstance(response_cache, bool) or not isinstance(response_cache, int) \
+            or response_cache < 0:
+        raise ValueError(f"response-cache: must be a number of entries >= 0 (0 = off), "
+                         f"got {response_cache!r}")
     sock = listen_socket(host, port)
     try:
         engine = LLMEngine.from_pretrained(model, engine_config or EngineConfig())
@@ -306,7 +322,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, engine_config=N
         aliases = {str(model)}
         if engine.model_path is not None:
             aliases |= {str(engine.model_path), str(Path(engine.model_path).resolve())}
-        app = create_app(engine, served_name(model), aliases, api_keys)
+        app = create_app(engine, served_name(model), aliases, api_keys, response_cache)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 timeout_graceful_shutdown=graceful_shutdown_s)
         uvicorn.Server(config).run(sockets=[sock])

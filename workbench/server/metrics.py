@@ -17,6 +17,11 @@ What a request counts (the contract tests check):
 - it fails in the engine mid-flight: request_success_total{finished_reason="error"}, with the
   tokens it had been relayed (vLLM's FinishReason.ERROR).
 - it is refused before the engine takes it: requests_rejected_total{reason}, nothing else.
+- it is answered from the response cache (server/response_cache.py): response_cache_hits_total
+  and request_success_total{finished_reason} += 1, nothing else: the token counters and the
+  latency histograms measure the engine's work (its throughput, its speed), and a hit is none.
+  So prompt_tokens_total and generation_tokens_total equal the usage clients received less
+  that of cache hits.
 - time_to_first_token_seconds: once per request whose first token reached its handler while the
   client was connected, from the request's arrival at the handler (before validation of the
   prompt by the engine thread, so queueing for the engine counts, as a client sees it);
@@ -30,7 +35,7 @@ global registry would refuse the second set of names.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -85,9 +90,19 @@ class _EngineCollector(Collector):
 
 
 class ServerMetrics:
-    def __init__(self, worker: EngineWorker):
+    def __init__(self, worker: EngineWorker, response_cache=None):
         self.registry = r = CollectorRegistry()
         r.register(_EngineCollector(worker))
+        # The response cache's counters are there (at 0) when it is off, like vLLM's.
+        self.response_cache_queries = Counter(
+            f"{PREFIX}response_cache_queries", "Greedy requests looked up in the response cache.",
+            registry=r)
+        self.response_cache_hits = Counter(
+            f"{PREFIX}response_cache_hits", "Requests answered from the response cache.",
+            registry=r)
+        entries = Gauge(f"{PREFIX}response_cache_entries", "Answers in the response cache.",
+                        registry=r)
+        entries.set_function(lambda: 0 if response_cache is None else len(response_cache))
         self.prompt_tokens = Counter(f"{PREFIX}prompt_tokens", "Prompt tokens of ended requests.",
                                      registry=r)
         self.generation_tokens = Counter(f"{PREFIX}generation_tokens",
@@ -115,6 +130,15 @@ class ServerMetrics:
     def rejected(self, reason: str) -> None:
         assert reason in REJECT_REASONS, reason
         self.requests_rejected.labels(reason).inc()
+
+    def response_cache_lookup(self, hit: bool) -> None:
+        self.response_cache_queries.inc()
+        if hit:
+            self.response_cache_hits.inc()
+
+    def answered(self, out) -> None:
+        """A request answered from the response cache: a request served, no engine work."""
+        self.request_success.labels(out.finish_reason).inc()
 
     def ended(self, reason: str, prompt_tokens: int, output_tokens: int) -> None:
         self.request_success.labels(reason).inc()

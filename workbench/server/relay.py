@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from starlette.responses import StreamingResponse
 
@@ -23,9 +24,11 @@ _draining: set[asyncio.Task] = set()  # the loop keeps only weak references to t
 
 class Flight:
     def __init__(self, worker: EngineWorker, request_id: str, sink: asyncio.Queue,
-                 metrics: ServerMetrics, arrival: float):
+                 metrics: ServerMetrics, arrival: float,
+                 on_finished: Callable[[object], None] | None = None):
         self.worker, self.request_id, self.sink = worker, request_id, sink
         self.metrics, self.arrival = metrics, arrival  # arrival: time.monotonic() at the handler
+        self.on_finished = on_finished  # gets the finished output (the response cache's store)
         self.over = False  # a finished output or an EngineFailure has been read
         self.cut_reason: str | None = None  # why the server aborted it (see `cut`)
         self._last = None  # the latest output read
@@ -103,6 +106,8 @@ class Flight:
             m.ended(item.finish_reason, len(item.prompt_token_ids), len(item.token_ids))
             if connected and item.finish_reason in ("stop", "length"):
                 m.e2e.observe(now - self.arrival)
+            if self.on_finished is not None:
+                self.on_finished(item)
 
 
 class FlightStream(StreamingResponse):
