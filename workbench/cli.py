@@ -11,6 +11,7 @@ from workbench.cli_errors import user_errors
 from workbench.plan.cli import plan_app
 from workbench.plan.cli_options import HardwareFile
 from workbench.plan.cost import DEFAULT_UTILIZATION
+from workbench.server import GRACEFUL_SHUTDOWN_S
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LLM Serving Workbench: run, measure and plan LLM inference.")
@@ -191,6 +192,9 @@ def serve(
     response_cache: Annotated[int, typer.Option(
         help="Keep the answers of this many greedy (temperature 0) requests and answer an "
              "identical request from them, without the engine; 0 = off.")] = 0,
+    shutdown_timeout: Annotated[float, typer.Option(
+        help="On SIGTERM: seconds the requests in flight get to finish (new ones get 503) "
+             "before the rest are aborted and the server exits 0.")] = GRACEFUL_SHUTDOWN_S,
 ):
     """OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (SSE or
     whole), GET /v1/models, GET /health, GET /metrics (Prometheus text). Prints the engine's
@@ -207,7 +211,8 @@ def serve(
                           quantization=quantization,
                           quantization_group_size=quantization_group_size)
     try:  # host and port are checked (and bound) before the model loads
-        run_server(model, host, port, config, api_keys=api_keys, response_cache=response_cache)
+        run_server(model, host, port, config, api_keys=api_keys, response_cache=response_cache,
+                   graceful_shutdown_s=shutdown_timeout)
     except KeyboardInterrupt:  # Ctrl-C while loading or after a graceful stop: no traceback
         raise typer.Exit(130) from None
 

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workbench.server import WORKBENCH_OWNER
+from workbench.server import GRACEFUL_SHUTDOWN_S, WORKBENCH_OWNER
 from workbench.server.auth import ApiKeyMiddleware
 from workbench.server.chat import chat_prompt
 from workbench.server.metrics import CONTENT_TYPE, ServerMetrics
@@ -48,10 +48,9 @@ from workbench.server.protocol import (
 )
 from workbench.server.relay import Flight, FlightStream
 from workbench.server.response_cache import Replay, ResponseCache, cache_key
+from workbench.server.shutdown import CUT_GRACE_S, Drain, DrainingServer, DrainMiddleware
 from workbench.server.websocket import Opened, add_websocket_route, parse_request_message
 from workbench.server.worker import EngineFailure, EngineFault, EngineUnavailable, EngineWorker
-
-GRACEFUL_SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM, then are aborted
 
 
 def served_name(model: str | os.PathLike) -> str:
@@ -125,6 +124,9 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
     app = FastAPI(title="workbench", lifespan=lifespan)
     app.state.worker = worker
     app.state.metrics = metrics
+    app.state.drain = drain = Drain(on_reject=lambda: metrics.rejected("draining"))
+    # Added first, so it runs inside the key check: a client without a key is told so.
+    app.add_middleware(DrainMiddleware, drain=drain)
     app.add_middleware(ApiKeyMiddleware, keys=frozenset(api_keys),
                        on_reject=lambda: metrics.rejected("unauthorized"))
 
@@ -142,6 +144,8 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
         if (reason := worker.dead) is not None:
             return JSONResponse(status_code=503, content={"status": "error",
                                                           "reason": redact(reason)})
+        if drain.draining:  # load balancers: route elsewhere (server/shutdown.py)
+            return JSONResponse(status_code=503, content={"status": "draining"})
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -193,7 +197,9 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
         except EngineFault as e:
             return reject("engine_fault", 500, f"engine failure: {e}", None, "server_error")
         store = None if key is None else lambda out: cache.put(key, out)
-        return Started(rid, int(time.time()), Flight(worker, rid, sink, metrics, arrival, store))
+        flight = Flight(worker, rid, sink, metrics, arrival, store)
+        drain.track(flight)  # cut at the shutdown deadline
+        return Started(rid, int(time.time()), flight)
 
     def cut(flight: Flight, out) -> bool:
         """Whether `out` ends a request the server aborted (Flight.cut): an error to its client,
@@ -265,7 +271,7 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
             return started
         return started.flight, chunks(started, message.dialect, True), message.keep_open
 
-    add_websocket_route(app, open_websocket_request)
+    add_websocket_route(app, open_websocket_request, drain.closing)
 
     return app
 
@@ -308,6 +314,8 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, engine_config=N
 
     from workbench.engine import EngineConfig, LLMEngine
 
+    if not graceful_shutdown_s >= 0:  # also NaN
+        raise ValueError(f"shutdown-timeout: must be >= 0 seconds, got {graceful_shutdown_s}")
     if isinstance(response_cache, bool) or not isinstance(response_cache, int) \
             or response_cache < 0:
         raise ValueError(f"response-cache: must be a number of entries >= 0 (0 = off), "
@@ -323,8 +331,12 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, engine_config=N
         if engine.model_path is not None:
             aliases |= {str(engine.model_path), str(Path(engine.model_path).resolve())}
         app = create_app(engine, served_name(model), aliases, api_keys, response_cache)
+        # uvicorn's own graceful timeout comes after the drain, when nothing should be left.
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                timeout_graceful_shutdown=graceful_shutdown_s)
-        uvicorn.Server(config).run(sockets=[sock])
+                                timeout_graceful_shutdown=CUT_GRACE_S)
+        server = DrainingServer(config, app.state.drain, graceful_shutdown_s)
+        server.run(sockets=[sock])
     finally:
         sock.close()
+    if server.interrupted:  # Ctrl-C: drained, now end as an interrupt (the CLI's 130)
+        raise KeyboardInterrupt

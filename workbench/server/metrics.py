@@ -61,6 +61,7 @@ REJECT_REASONS = (
     "model_not_found",  # 404: names a model this server does not serve
     "engine_fault",  # 500: the engine raised while accepting it
     "unavailable",  # 503: the engine thread is not running
+    "draining",  # 503: the server is shutting down (server/shutdown.py)
 )
 
 

@@ -99,9 +99,9 @@ Opened = Response | tuple[object, AsyncIterator[dict], bool]
 
 
 def add_websocket_route(app: FastAPI, open_request: Callable[[str | bytes], Awaitable[Opened]],
-                        closing: Callable[[], Awaitable[None]] | None = None) -> None:
-    """`closing`, when given, returns once the server starts shutting down: a socket kept
-    open between requests is then closed (1001) instead of waiting for one."""
+                        closing: asyncio.Event | None = None) -> None:
+    """`closing`, when given, is set once the server starts shutting down: a socket between
+    requests is then closed (1001) instead of taking another (server/shutdown.py)."""
 
     @app.websocket(PATH)
     async def websocket_stream(ws: WebSocket):
@@ -147,14 +147,17 @@ class _Session:
             incoming.cancel()
 
     async def _next_message(self, incoming: asyncio.Future) -> dict | None:
+        """The client's next message; None once the server is shutting down."""
         if self.closing is None:
             return await incoming
-        closing = asyncio.ensure_future(self.closing())
+        if self.closing.is_set():
+            return None
+        closing = asyncio.ensure_future(self.closing.wait())
         try:
             await asyncio.wait({incoming, closing}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             closing.cancel()
-        return incoming.result() if incoming.done() else None
+        return None if self.closing.is_set() else incoming.result()
 
     async def _relay(self, flight, chunks: AsyncIterator[dict], incoming) -> int | None:
         """Send the chunks; None when the request completed, else the close code."""
