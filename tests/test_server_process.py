@@ -127,6 +127,7 @@ def _serve_args(*args: str) -> subprocess.CompletedProcess:
     (["--dtype", "float8"], "error: dtype: "),
     (["--model", "no-such-model"], "error: model: "),
     (["--response-cache", "-1"], "error: response-cache: "),
+    (["--shutdown-timeout", "-1"], "error: shutdown-timeout: "),
 ])
 def test_serve_rejects_bad_arguments_in_one_line(args, message):
     r = _serve_args(*args)
