@@ -197,7 +197,8 @@ def serve(
              "before the rest are aborted and the server exits 0.")] = GRACEFUL_SHUTDOWN_S,
 ):
     """OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (SSE or
-    whole), GET /v1/models, GET /health, GET /metrics (Prometheus text). Prints the engine's
+    whole), the same streamed over a WebSocket at /v1/ws, GET /v1/models, GET /health,
+    GET /metrics (Prometheus text). SIGTERM drains it, then it exits 0. Prints the engine's
     memory report to stderr at start."""
     from workbench.engine import EngineConfig
     from workbench.server.app import serve as run_server
