@@ -80,3 +80,34 @@ def test_key_sources_are_validated(tmp_path):
         load_api_keys(tmp_path / "missing.txt", environ={})
     assert load_api_keys(None, environ={}) == frozenset()
     assert load_api_keys(None, environ={"WORKBENCH_API_KEYS": " a, b ,,"}) == {"a", "b"}
+
+
+def test_websockets_are_refused_at_the_handshake_without_a_key(server):
+    """The upgrade request is refused with the same OpenAI-shaped 401 (the socket never opens);
+    a key in the Authorization header or, for browsers, as OpenAI's key subprotocol works."""
+    import json
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    ws_url = server.replace("http://", "ws://") + "/v1/ws"
+    before = scrape_with_key(server)["workbench:requests_rejected_total{reason=unauthorized}"]
+    for kwargs in ({}, {"additional_headers": auth("wrong-key")},
+                   {"subprotocols": ["workbench", "openai-insecure-api-key.wrong-key"]}):
+        with pytest.raises(InvalidStatus) as e:
+            connect(ws_url, **kwargs)
+        assert e.value.response.status_code == 401
+        error = json.loads(e.value.response.body)["error"]
+        assert error["type"] == "authentication_error", error
+    after = scrape_with_key(server)["workbench:requests_rejected_total{reason=unauthorized}"]
+    assert after - before == 3
+
+    request = json.dumps({"prompt": "def f(x):", "max_tokens": 3, "ignore_eos": True})
+    for kwargs, subprotocol in (
+            ({"additional_headers": auth(KEYS[1])}, None),
+            ({"subprotocols": ["workbench", f"openai-insecure-api-key.{ENV_KEY}"]}, "workbench")):
+        with connect(ws_url, **kwargs) as ws:
+            assert ws.subprotocol == subprotocol
+            ws.send(request)
+            messages = [json.loads(ws.recv(timeout=60)) for _ in range(4)]
+        assert messages[-1]["usage"]["completion_tokens"] == 3, messages

@@ -101,7 +101,8 @@ def test_sigterm_stops_the_server_mid_stream(tiny_path):
         client.start()
         assert first_chunk.wait(120)
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=90)  # raises TimeoutExpired (fails the test) if SIGTERM is ignored
+        # Raises TimeoutExpired (fails the test) if SIGTERM is ignored; a graceful stop is a 0.
+        assert proc.wait(timeout=90) == 0
         client.join(timeout=30)
         assert ended and ended[-1] == "ended"
         assert b"Traceback" not in proc.stdout.read()
@@ -125,6 +126,8 @@ def _serve_args(*args: str) -> subprocess.CompletedProcess:
     (["--num-kv-blocks", "0"], "error: num_kv_blocks: "),
     (["--dtype", "float8"], "error: dtype: "),
     (["--model", "no-such-model"], "error: model: "),
+    (["--response-cache", "-1"], "error: response-cache: "),
+    (["--shutdown-timeout", "-1"], "error: shutdown-timeout: "),
 ])
 def test_serve_rejects_bad_arguments_in_one_line(args, message):
     r = _serve_args(*args)

@@ -11,6 +11,7 @@ from workbench.cli_errors import user_errors
 from workbench.plan.cli import plan_app
 from workbench.plan.cli_options import HardwareFile
 from workbench.plan.cost import DEFAULT_UTILIZATION
+from workbench.server import GRACEFUL_SHUTDOWN_S
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LLM Serving Workbench: run, measure and plan LLM inference.")
@@ -218,11 +219,18 @@ def serve(
     request_timeout: Annotated[float | None, typer.Option(
         help="Seconds a request may take from arrival; then it is aborted: a 504, or an "
              "error event ending its stream (default: none).")] = None,
+    response_cache: Annotated[int, typer.Option(
+        help="Keep the answers of this many greedy (temperature 0) requests and answer an "
+             "identical request from them, without the engine; 0 = off.")] = 0,
+    shutdown_timeout: Annotated[float, typer.Option(
+        help="On SIGTERM: seconds the requests in flight get to finish (new ones get 503) "
+             "before the rest are aborted and the server exits 0.")] = GRACEFUL_SHUTDOWN_S,
 ):
     """OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (SSE or
-    whole), GET /v1/models, GET /health, GET /metrics (Prometheus text). Prints the engine's
+    whole), the same streamed over a WebSocket at /v1/ws, GET /v1/models, GET /health,
+    GET /metrics (Prometheus text). SIGTERM drains it, then it exits 0. Prints the engine's
     memory report to stderr at start. Admission limits (size, queue, rates, timeout):
-    workbench/server/admission.py."""
+    workbench/server/admission.py; several models or replicas: workbench/server/gateway.py."""
     from workbench.engine import EngineConfig
     from workbench.server.admission import Limits
     from workbench.server.app import serve as run_server
@@ -241,14 +249,15 @@ def serve(
     models = model or ["tiny"]
     try:  # host and port are checked (and bound) before the model loads
         if replicas == 1 and len(models) == 1 and router is None:  # no proxy hop
-            run_server(models[0], host, port, config, api_keys=api_keys, limits=limits)
+            run_server(models[0], host, port, config, api_keys=api_keys, limits=limits,
+                       response_cache=response_cache, graceful_shutdown_s=shutdown_timeout)
         else:
             from workbench.server.gateway import serve_gateway
 
-            if limits != Limits(**size):  # the gateway has no admission of its own yet
+            if limits != Limits(**size) or response_cache:  # not in the gateway yet
                 raise ValueError("max-queued / rate-limit-rpm / rate-limit-tpm / "
-                                 "request-timeout: not yet supported behind a gateway "
-                                 "(--replicas > 1, several models or --router)")
+                                 "request-timeout / response-cache: not yet supported behind "
+                                 "a gateway (--replicas > 1, several models or --router)")
             serve_gateway(models, replicas, lb, router, host, port, config, api_keys,
                           threads=replica_threads)
     except KeyboardInterrupt:  # Ctrl-C while loading or after a graceful stop: no traceback

@@ -97,6 +97,7 @@ class Ticket:
     sink: object  # the worker's asyncio.Queue of outputs
     deadline: float | None  # loop time at which it is aborted, if it still runs
     on_end: Callable[[int, int], None] | None  # (prompt, output tokens) when it ends
+    hit: object = None  # the response cache's answer: then nothing was submitted
 
 
 class Admission:
@@ -120,10 +121,14 @@ class Admission:
         return self.pending + self.worker.stats.waiting
 
     async def admit(self, request_id: str, body, prompt: Callable[[], str | list[int]],
-                    prompt_field: str, client: str) -> Ticket:
+                    prompt_field: str, client: str,
+                    lookup: Callable[[list[int], object], object | None] | None = None
+                    ) -> Ticket:
         """Tokenize, check, rate-limit and submit; raises Refused. `prompt` renders the prompt
         (a ValueError names the field; "prompt" is reported as `prompt_field`), `client` is
-        who the rate limits count against."""
+        who the rate limits count against. `lookup(ids, params)` (the response cache, on the
+        event loop) may answer the request instead: then it is neither rate-limited nor
+        submitted (a cached answer costs the engine nothing)."""
         loop = asyncio.get_running_loop()
         timeout = self.limits.request_timeout_s
         deadline = None if timeout is None else loop.time() + timeout
@@ -145,6 +150,8 @@ class Admission:
                     log.exception("preparing %s failed", request_id)
                     raise Refused("engine_fault", 500, f"engine failure: {type(e).__name__}: "
                                   f"{e}", None, "server_error") from None
+                if lookup is not None and (hit := lookup(ids, params)) is not None:
+                    return Ticket(None, None, None, hit)
                 on_end = self._take_rate(client, len(ids) + params.max_tokens)
                 try:
                     sink = await self.worker.submit(request_id, ids, params)

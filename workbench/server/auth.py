@@ -1,5 +1,6 @@
 """API keys: with keys configured, every request but GET /health needs `Authorization: Bearer
-<key>` (OpenAI's scheme, which its clients send), else a 401 in OpenAI's error shape.
+<key>` (OpenAI's scheme, which its clients send), else a 401 in OpenAI's error shape; a
+WebSocket upgrade too (/v1/ws), refused with the same 401 before the socket opens.
 
 Keys come from a file (one per line; blank lines and `#` comments ignored) and/or the
 WORKBENCH_API_KEYS environment variable (comma-separated), as vLLM takes `--api-key` /
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workbench.server.protocol import error_response
+from workbench.server.websocket import KEY_SUBPROTOCOL, deny_handshake
 
 API_KEYS_ENV = "WORKBENCH_API_KEYS"
 OPEN_PATHS = frozenset({"/health"})
@@ -54,23 +56,34 @@ def bearer_token(scope) -> str | None:
 
 
 class ApiKeyMiddleware:
-    """Refuses HTTP requests without a configured key (401); `on_reject` counts them."""
+    """Refuses HTTP requests and WebSocket upgrades without a configured key (401); `on_reject`
+    counts them. A WebSocket may carry its key as the subprotocol
+    `openai-insecure-api-key.<key>` instead (browsers cannot set headers on one; OpenAI's
+    Realtime API takes it so). "Insecure" as OpenAI names it: the key is then in the page's
+    JavaScript, so only a key meant for that page belongs there. Never a `?api_key=` query:
+    URLs end up in access logs and browser history."""
 
     def __init__(self, app, keys: frozenset[str], on_reject: Callable[[], None]):
         self.app, self.keys, self.on_reject = app, keys, on_reject
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if (scope["type"] not in ("http", "websocket") or not self.keys
+                or scope["path"] in OPEN_PATHS):
             return await self.app(scope, receive, send)
+        has_header = any(k == b"authorization" for k, _ in scope["headers"])
         token = bearer_token(scope)
+        if scope["type"] == "websocket" and not has_header:
+            token = next((p.removeprefix(KEY_SUBPROTOCOL) for p in scope.get("subprotocols", [])
+                          if p.startswith(KEY_SUBPROTOCOL)), None)
         # compare_digest against every key: the time taken says nothing about which is near.
         if token is not None and sum(
                 hmac.compare_digest(token.encode(), k.encode()) for k in self.keys):
             return await self.app(scope, receive, send)
         self.on_reject()
-        has_header = any(k == b"authorization" for k, _ in scope["headers"])
-        message = ("missing API key: send 'Authorization: Bearer <key>'" if not has_header
-                   else "invalid API key")
+        message = ("invalid API key" if has_header or token is not None
+                   else "missing API key: send 'Authorization: Bearer <key>'")
         response = error_response(401, message, None, "authentication_error")
         response.headers["WWW-Authenticate"] = "Bearer"
+        if scope["type"] == "websocket":  # refused at the handshake: the socket never opens
+            return await deny_handshake(scope, receive, send, response)
         await response(scope, receive, send)

@@ -30,22 +30,19 @@ _draining: set[asyncio.Task] = set()  # the loop keeps only weak references to t
 class Flight:
     def __init__(self, worker: EngineWorker, request_id: str, sink: asyncio.Queue,
                  metrics: ServerMetrics, arrival: float, deadline: float | None = None,
-                 on_end: Callable[[int, int], None] | None = None):
+                 on_end: Callable[[int, int], None] | None = None,
+                 on_finished: Callable[[object], None] | None = None):
         self.worker, self.request_id, self.sink = worker, request_id, sink
         self.metrics, self.arrival = metrics, arrival  # arrival: time.monotonic() at the handler
         self.on_end = on_end  # (prompt tokens, output tokens), once, when it is over
+        self.on_finished = on_finished  # gets the finished output (the response cache's store)
         self.over = False  # a finished output or an EngineFailure has been read
-        self.timed_out = False  # it ended because its deadline aborted it
-        self._expired = False  # the deadline passed while it ran (an abort is on its way)
+        self.cut_reason: str | None = None  # why the server aborted it (see `cut`)
+        self.timed_out = False  # it ended because its deadline cut it
         self._last = None  # the latest output read
         self._last_time: float | None = None  # when the latest output with tokens was read
         self._timer = None if deadline is None else asyncio.get_running_loop().call_at(
-            deadline, self._expire)  # deadline: loop time
-
-    def _expire(self) -> None:
-        if not self.over:
-            self._expired = True
-            self.worker.abort(self.request_id)
+            deadline, self.cut, "timeout")  # deadline: loop time
 
     async def next(self):
         """The next output (a RequestOutput), or the EngineFailure that ended the request."""
@@ -74,6 +71,15 @@ class Flight:
             item = await self.next()
             if self.over:
                 return item
+
+    def cut(self, reason: str) -> None:
+        """The server ends the request ("timeout": its deadline; "shutdown": the drain's
+        deadline): abort it; the handler that still reads it gets the aborted output and tells
+        its client `reason`."""
+        if self.over:
+            return
+        self.cut_reason = reason
+        self.worker.abort(self.request_id)
 
     def abandon(self) -> None:
         """The client is gone (or the response ended early): abort the request and count it
@@ -109,11 +115,13 @@ class Flight:
             # An abort after the deadline passed is the timeout's (a client that left at the
             # same moment would have aborted it too); a request that finished first did not
             # time out.
-            self.timed_out = self._expired and item.finish_reason == "abort"
+            self.timed_out = self.cut_reason == "timeout" and item.finish_reason == "abort"
             reason = "timeout" if self.timed_out else item.finish_reason
             self._end(reason, len(item.prompt_token_ids), len(item.token_ids))
             if connected and item.finish_reason in ("stop", "length"):
                 m.e2e.observe(now - self.arrival)
+            if self.on_finished is not None:
+                self.on_finished(item)
 
     def _end(self, reason: str, prompt_tokens: int, output_tokens: int) -> None:
         self.over = True
