@@ -4,7 +4,8 @@ SCHEMATHESIS_HOOKS=tests.schema_hooks (the test sets it; nothing imports this ot
 - `openai_error_body`: a check; every 4xx must be an OpenAI-shaped JSON error body.
 - `before_call`: folds generated output lengths the server would accept and run for long (up
   to max_model_len tokens, seconds each on tiny) into a short range, so the run stays bounded.
-  Lengths the server must refuse (< 1, or past max_model_len) are sent as generated.
+  Lengths the server must refuse (< 1, or past max_model_len) are sent as generated; a chat
+  that names no length (it would run to the end of the context) gets OUTPUT_CAP.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def bounded(body):
         v = out.get(name)
         if isinstance(v, int) and not isinstance(v, bool) and OUTPUT_CAP < v <= MAX_MODEL_LEN:
             out[name] = OUTPUT_CAP + v % OUTPUT_CAP
+    # A chat that names no length runs to the end of the context (as OpenAI's): cap it too.
+    if "messages" in out and all(out.get(name) is None for name in LENGTH_FIELDS):
+        out["max_tokens"] = OUTPUT_CAP
     return out
 
 

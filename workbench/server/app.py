@@ -32,6 +32,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,10 +46,12 @@ from workbench.server.metrics import CONTENT_TYPE, ServerMetrics
 from workbench.server.protocol import (
     CHAT,
     COMPLETION,
+    GENERATION_ERRORS,
     ChatCompletionRequest,
     CompletionRequest,
     Dialect,
     SamplingRequest,
+    drop_validation_422,
     error_response,
     usage_of,
 )
@@ -180,11 +183,11 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
             return lambda: chat_prompt(tokenizer, [m.model_dump() for m in body.messages])
         return lambda: body.prompt
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=GENERATION_ERRORS)
     async def completions(body: CompletionRequest, request: Request):
         return await generate(body, request, COMPLETION)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=GENERATION_ERRORS)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         return await generate(body, request, CHAT)
 
@@ -314,6 +317,14 @@ def create_app(engine, model_name: str | None = None, aliases: Iterable[str] = (
         return started.flight, chunks(started, message.dialect, True), message.keep_open
 
     add_websocket_route(app, open_websocket_request, drain.closing)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = drop_validation_422(get_openapi(
+                title=app.title, version=app.version, routes=app.routes))
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     return app
 

@@ -119,6 +119,42 @@ class ChatCompletionRequest(SamplingRequest):
         return max(1, room)
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error this server answers, as OpenAI's API answers it."""
+
+    error: ErrorDetail
+
+
+# What the generation endpoints may answer besides 200, for the OpenAPI document (FastAPI
+# would otherwise document a 422 for bad bodies, which this server answers 400, as OpenAI).
+GENERATION_ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
+    (400, "a malformed body or a bad field (named in `param`)"),
+    (401, "API keys are configured and the request has none of them"),
+    (404, "the request names a model not served here"),
+    (413, "the body is larger than --max-request-bytes"),
+    (429, "over a rate limit (Retry-After says when to retry)"),
+    (500, "the engine failed while running the request"),
+    (503, "the engine is unavailable, the admission queue is full or the server is draining"),
+    (504, "the request did not finish within --request-timeout"))}
+
+
+def drop_validation_422(schema: dict) -> dict:
+    """Remove FastAPI's documented 422 (never answered here: bad bodies are 400s)."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+    return schema
+
+
 def error_response(status: int, message: str, param: str | None = None,
                    kind: str = "invalid_request_error", code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
