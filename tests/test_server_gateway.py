@@ -364,6 +364,8 @@ def test_router_files_are_checked_naming_the_field(doc, message):
     (["--replicas", "0"], "error: replicas: must be >= 1"),
     (["--model", "tiny", "--model", "tiny"], "error: model: 'tiny' would be served as"),
     (["--model", "tiny", "--model", "no-such-model"], "error: model: "),
+    (["--replicas", "2", "--rate-limit-rpm", "60"], "error: rate-limit-rpm / rate-limit-tpm: "
+                                                    "not yet supported behind a gateway"),
 ])
 def test_gateway_arguments_are_checked_in_one_line(args, message):
     r = subprocess.run([sys.executable, "-m", "workbench", "serve", "--port", str(free_port()),
@@ -371,3 +373,29 @@ def test_gateway_arguments_are_checked_in_one_line(args, message):
                        capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert r.returncode == 2 and r.stderr.startswith(message), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_admission_limits_apply_behind_the_gateway():
+    """The size limit is checked at the gateway (before a body is proxied); the queue bound
+    per replica, its 503 and Retry-After passed through to the client."""
+    proc, url = gateway("round-robin", "--max-num-seqs", "1", "--max-queued", "1",
+                        "--max-request-bytes", "4096")
+    try:
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "x" * 5000}, timeout=30)
+        assert r.status_code == 413 and r.json()["error"]["param"] == "body", r.text
+        assert scrape(url)[f"{M}requests_rejected_total{{reason=too_large}}"] == 1
+        running = [Stream(url, PROMPT, 300) for _ in range(2)]  # one per replica, running
+        for s in running:
+            assert s.first.wait(120) and s.status == 200
+        waiting = [Stream(url, PROMPT, 300) for _ in range(2)]  # one queued in each
+        wait_until(lambda: sum(v for k, v in scrape(url).items()
+                               if k.startswith(f"{M}num_requests_waiting{{")) == 2,
+                   "both replicas have one request waiting")
+        r = complete(url, PROMPT)  # round-robin: replica 0 again, whose queue is full
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json()["error"]["code"] == "overloaded"
+        for s in running + waiting:
+            s.join()
+            assert s.status == 200 and s.lines[-1] == "data: [DONE]"
+    finally:
+        stop_server(proc)

@@ -254,12 +254,12 @@ def serve(
         else:
             from workbench.server.gateway import serve_gateway
 
-            if limits != Limits(**size) or response_cache:  # not in the gateway yet
-                raise ValueError("max-queued / rate-limit-rpm / rate-limit-tpm / "
-                                 "request-timeout / response-cache: not yet supported behind "
-                                 "a gateway (--replicas > 1, several models or --router)")
+            if rate_limit_rpm or rate_limit_tpm:  # per key needs one count: not per replica
+                raise ValueError("rate-limit-rpm / rate-limit-tpm: not yet supported behind a "
+                                 "gateway (--replicas > 1, several models or --router)")
             serve_gateway(models, replicas, lb, router, host, port, config, api_keys,
-                          threads=replica_threads)
+                          threads=replica_threads, graceful_shutdown_s=shutdown_timeout,
+                          limits=limits, response_cache=response_cache)
     except KeyboardInterrupt:  # Ctrl-C while loading or after a graceful stop: no traceback
         raise typer.Exit(130) from None
 

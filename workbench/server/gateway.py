@@ -58,6 +58,7 @@ from starlette.responses import StreamingResponse
 
 from workbench.server import WORKBENCH_OWNER
 from workbench.server.auth import API_KEYS_ENV, ApiKeyMiddleware
+from workbench.server.body_limit import DEFAULT_MAX_REQUEST_BYTES, BodyLimitMiddleware
 from workbench.server.metrics import CONTENT_TYPE, PREFIX, REJECT_REASONS
 from workbench.server.protocol import error_response
 from workbench.server.replica import PORT_LINE
@@ -67,7 +68,7 @@ POLL_S = 0.25  # replica /stats polling period (least-kv freshness, health)
 CHARS_PER_TOKEN = 4  # text prompts: the gateway does not tokenize for balancing
 START_TIMEOUT_S = 600.0
 STOP_GRACE_S = 15.0  # replicas get this long after SIGTERM, then SIGKILL
-_HOP_HEADERS = ("content-type", "cache-control")
+_HOP_HEADERS = ("content-type", "cache-control", "retry-after", "x-should-retry")
 
 
 class Replica:
@@ -237,8 +238,8 @@ async def _disconnected(receive) -> None:
 
 def create_gateway_app(pools: dict[str, Pool], aliases: dict[str, str] | None = None,
                        router=None, api_keys: frozenset[str] = frozenset(),
-                       poll_s: float = POLL_S, on_shutdown: Callable[[], None] | None = None
-                       ) -> FastAPI:
+                       poll_s: float = POLL_S, on_shutdown: Callable[[], None] | None = None,
+                       max_request_bytes: int | None = None) -> FastAPI:
     """`pools`: {served model name: Pool}, first = default for requests naming no model;
     `aliases`: other names a request may use for a model (never echoed); `router`: a
     router.Router or None; `on_shutdown` runs after the server stopped (stops replicas)."""
@@ -277,6 +278,9 @@ def create_gateway_app(pools: dict[str, Pool], aliases: dict[str, str] | None = 
 
     app = FastAPI(title="workbench-gateway", lifespan=lifespan)
     app.state.pools = pools
+    app.add_middleware(BodyLimitMiddleware,
+                       max_bytes=max_request_bytes or DEFAULT_MAX_REQUEST_BYTES,
+                       on_reject=lambda: metrics.rejected.labels("too_large").inc())
     app.add_middleware(ApiKeyMiddleware, keys=frozenset(api_keys),
                        on_reject=lambda: metrics.rejected.labels("unauthorized").inc())
 
@@ -440,11 +444,13 @@ async def _poll(client: httpx.AsyncClient, r: Replica) -> None:
 
 # -- processes ---------------------------------------------------------------------------------
 def start_replicas(models: dict[str, str], replicas: int, engine_config, threads: int,
-                   log_level: str = "warning") -> list[tuple[str, subprocess.Popen, int]]:
+                   log_level: str = "warning", limits=None, response_cache: int = 0
+                   ) -> list[tuple[str, subprocess.Popen, int]]:
     """Start `replicas` processes per model ({served name: preset or dir}) and wait until each
     has loaded its model and bound its port: [(model, process, port)]. Stops them all on any
     failure (ValueError naming the model)."""
     config = json.dumps(asdict(engine_config))
+    limits_json = json.dumps(asdict(limits) if limits is not None else {})
     env = {k: v for k, v in os.environ.items() if k != API_KEYS_ENV}
     procs: list[tuple[str, subprocess.Popen]] = []
     try:
@@ -453,7 +459,8 @@ def start_replicas(models: dict[str, str], replicas: int, engine_config, threads
                 procs.append((name, subprocess.Popen(
                     [sys.executable, "-m", "workbench.server.replica", "--model", src,
                      "--name", name, "--engine-config", config, "--threads", str(threads),
-                     "--parent-pid", str(os.getpid()), "--log-level", log_level],
+                     "--parent-pid", str(os.getpid()), "--log-level", log_level,
+                     "--limits", limits_json, "--response-cache", str(response_cache)],
                     stdout=subprocess.PIPE, env=env, start_new_session=True)))
         out = []
         for name, proc in procs:  # they load in parallel; read each one's port line in turn
@@ -520,8 +527,11 @@ def serve_gateway(models: list[str], replicas: int = 1, lb: str = "round-robin",
                   router_file: str | None = None, host: str = "127.0.0.1", port: int = 8000,
                   engine_config=None, api_keys: frozenset[str] = frozenset(),
                   threads: int = 0, log_level: str = "warning",
-                  graceful_shutdown_s: float = 5.0) -> None:
-    """`workbench serve` with several models or replicas (see the module docstring)."""
+                  graceful_shutdown_s: float = 5.0, limits=None, response_cache: int = 0
+                  ) -> None:
+    """`workbench serve` with several models or replicas (see the module docstring).
+    `limits` (admission.Limits, without rate limits) and `response_cache` apply per replica;
+    the request-size limit also here, before a body is proxied."""
     import uvicorn
 
     from workbench.engine import EngineConfig
@@ -543,7 +553,8 @@ def serve_gateway(models: list[str], replicas: int = 1, lb: str = "round-robin",
                             load_tokenizers(named))
         if threads <= 0:  # share the cores: one replica's torch threads per core share
             threads = max(1, (os.cpu_count() or 1) // (replicas * len(named)))
-        started = start_replicas(named, replicas, engine_config, threads, log_level)
+        started = start_replicas(named, replicas, engine_config, threads, log_level, limits,
+                                 response_cache)
         procs = [p for _, p, _ in started]
         wait_healthy([f"http://127.0.0.1:{port}" for _, _, port in started])
         pools = {}
@@ -557,7 +568,9 @@ def serve_gateway(models: list[str], replicas: int = 1, lb: str = "round-robin",
               + (f"; router {len(router.rules)} rules" if router else ""),
               file=sys.stderr, flush=True)
         app = create_gateway_app(pools, aliases, router, api_keys,
-                                 on_shutdown=lambda: stop_replicas(procs))
+                                 on_shutdown=lambda: stop_replicas(procs),
+                                 max_request_bytes=None if limits is None
+                                 else limits.max_request_bytes)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 timeout_graceful_shutdown=graceful_shutdown_s)
         # uvicorn re-raises the SIGTERM it handled once its graceful shutdown (replicas

@@ -3,7 +3,10 @@
 engine's published snapshot as JSON, which the gateway polls for least-kv and /metrics.
 
     python -m workbench.server.replica --model tiny --engine-config '{...}' --threads 1
-        --parent-pid PID [--name tiny]
+        --parent-pid PID [--name tiny] [--limits '{...}'] [--response-cache N]
+
+Admission limits and the response cache apply per replica (the gateway passes them on): a
+queue bound or a cache of N answers is then one per replica, as with N separate servers.
 
 It binds port 0 (no race for a free port) and writes `PORT <n>` as its first and only line on
 stdout; everything else goes to stderr. No API keys: it listens on 127.0.0.1 only, for its
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--parent-pid", type=int, default=None)
     ap.add_argument("--log-level", default="warning")
+    ap.add_argument("--limits", default="{}", help="admission.Limits fields as JSON")
+    ap.add_argument("--response-cache", type=int, default=0)
     args = ap.parse_args(argv)
     if args.parent_pid is not None:
         _die_with_parent(args.parent_pid)
@@ -62,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from workbench.engine import EngineConfig, LLMEngine
+    from workbench.server.admission import Limits
     from workbench.server.app import create_app, listen_socket, served_name
     from workbench.server.metrics import FINISH_REASONS, PREFIX
 
@@ -73,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     aliases = {args.model}
     if engine.model_path is not None:
         aliases |= {str(engine.model_path)}
-    app = create_app(engine, args.name or served_name(args.model), aliases)
+    app = create_app(engine, args.name or served_name(args.model), aliases,
+                     limits=Limits(**json.loads(args.limits)),
+                     response_cache=args.response_cache)
     worker, registry = app.state.worker, app.state.metrics.registry
 
     @app.get("/stats")
