@@ -171,3 +171,12 @@ def test_a_second_request_mid_stream_is_refused_and_the_first_aborted(server):
     abort = "request_success_total{finished_reason=abort}"
     wait_for(server, lambda m: delta(m, before, abort) == 1, "the abort")
     _wait_idle(server)
+
+
+def test_a_message_over_the_request_size_limit_is_closed_1009(server):
+    """--max-request-bytes (2 MB by default) bounds a WebSocket message too: the protocol's
+    own answer, close 1009 (message too big), before the message is parsed."""
+    with connect(ws_url(server)) as ws:
+        ws.send(json.dumps({"prompt": "x" * 2_100_000, "max_tokens": 1}))
+        assert closed(ws)[0] == 1009
+    assert scrape(server)[f"{M}num_requests_running"] == 0

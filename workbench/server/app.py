@@ -386,8 +386,10 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, engine_config=N
             aliases |= {str(engine.model_path), str(Path(engine.model_path).resolve())}
         app = create_app(engine, served_name(model), aliases, api_keys, limits, response_cache)
         # uvicorn's own graceful timeout comes after the drain, when nothing should be left.
+        # A WebSocket message over the size limit is refused by the protocol: close 1009.
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                timeout_graceful_shutdown=CUT_GRACE_S)
+                                timeout_graceful_shutdown=CUT_GRACE_S,
+                                ws_max_size=(limits or Limits()).max_request_bytes)
         server = DrainingServer(config, app.state.drain, graceful_shutdown_s)
         server.run(sockets=[sock])
     finally:
