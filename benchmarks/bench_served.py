@@ -135,8 +135,10 @@ def serve_child(args) -> None:
     """`workbench serve` (workbench.server.app.serve, as the CLI calls it) keeping the engine
     it loads; at exit (SIGINT) its step records go to args.serve_child as JSON."""
     from workbench.engine import LLMEngine
+    from workbench.server import worker
     from workbench.server.app import serve
 
+    worker.TELEMETRY_KEPT = None  # every step record, for the breakdown
     engines = []
     load = LLMEngine.from_pretrained
 

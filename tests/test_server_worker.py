@@ -179,3 +179,33 @@ def test_a_dead_engine_shows_in_health_and_http_fails_fast(tiny_engine_factory):
                 "prompt": "Hi", "max_tokens": 2, "stream": stream})
             assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
     # leaving the block stopped the server (the SIGTERM path): it did not hang
+
+
+def test_a_long_running_worker_keeps_a_bounded_telemetry_and_counts_every_preemption(
+        tiny_engine_factory, monkeypatch):
+    """Step records are trimmed to the latest TELEMETRY_KEPT (a server runs for weeks); the
+    preemption counter comes from the scheduler, so trimming loses none of them."""
+    from workbench.server import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "TELEMETRY_KEPT", 10)
+    eng = tiny_engine_factory(num_kv_blocks=12, block_size=16, max_num_seqs=8)
+    worker = EngineWorker(eng)
+    worker.start()
+    params = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)
+
+    async def scenario():
+        sinks = [await worker.submit(f"r{i}", list(range(5, 45)), params) for i in range(6)]
+        return [await drain(s) for s in sinks]
+
+    try:
+        outs = asyncio.run(scenario())
+        deadline = time.monotonic() + 30
+        while worker.stats.running + worker.stats.waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert all(len(o.token_ids) == 60 for o in outs)
+    assert 0 < len(eng.telemetry) <= 20  # 60+ steps ran
+    preempted = sum(o.metrics.preemptions for o in outs)
+    assert preempted > 0, "the pool was not small enough to preempt"
+    assert worker.stats.preemptions == preempted == eng.scheduler.num_preemptions

@@ -96,6 +96,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.swapped: deque[Sequence] = deque()  # preempted by swap, in priority order
         self.watermark_blocks = math.ceil(config.kv_watermark * block_manager.num_blocks)
+        self.num_preemptions = 0  # since construction (a server's /metrics counter)
 
     # -- admission ---------------------------------------------------------------------------
     @property
@@ -280,6 +281,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         seq.preemptions += 1
+        self.num_preemptions += 1
         out.preempted.append(seq)
         bm = self.block_manager
         if self.config.preemption_mode == "swap" and bm.can_swap_out(seq):

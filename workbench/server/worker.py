@@ -30,6 +30,10 @@ from dataclasses import dataclass
 
 log = logging.getLogger("workbench.server")
 
+# Engine step records a server keeps (LLMEngine.telemetry grows by one per step); None = all
+# (benchmarks/bench_served.py reads them all).
+TELEMETRY_KEPT: int | None = 50_000
+
 
 @dataclass(slots=True)
 class EngineFailure:
@@ -102,8 +106,6 @@ class EngineWorker:
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._dead: str | None = None  # why the thread ended, once it has
         self.stats = EngineStats()  # replaced (never mutated) by the engine thread
-        self._preemptions = 0
-        self._steps_seen = 0  # telemetry records already added to _preemptions
         self._settles: list = []  # acceptances to tell their loops after the next _publish
 
     def start(self) -> None:
@@ -192,13 +194,14 @@ class EngineWorker:
         """Replace `stats` with the engine's state now (engine thread only)."""
         eng = self.engine
         sched, bm, steps = eng.scheduler, eng.block_manager, eng.telemetry
-        self._steps_seen = min(self._steps_seen, len(steps))  # telemetry cleared by its owner
-        self._preemptions += sum(r.num_preempted for r in steps[self._steps_seen:])
-        self._steps_seen = len(steps)
+        # A server runs for weeks: keep the latest TELEMETRY_KEPT step records, not all of them
+        # (trimmed by half its size at a time, so the cost is amortized).
+        if TELEMETRY_KEPT is not None and len(steps) > 2 * TELEMETRY_KEPT:
+            del steps[:len(steps) - TELEMETRY_KEPT]
         queued = sum(bm.blocks_for(s.num_tokens) for s in (*sched.waiting, *sched.swapped))
         self.stats = EngineStats(len(sched.running), sched.num_waiting + sched.num_swapped,
                                  bm.num_used_blocks, bm.num_blocks, bm.queried_tokens,
-                                 bm.hit_tokens, self._preemptions, queued)
+                                 bm.hit_tokens, sched.num_preemptions, queued)
 
     def _flush_settles(self) -> None:
         for loop, fut, error in self._settles:
