@@ -11,7 +11,8 @@ Foreign servers differ from this project's (see llama.cpp's server): token-id pr
 HTTP 500, so prompts go as text unless the server is a workbench server (`resolve_prompts`);
 a stream may end with `[DONE]` and no finish_reason (cut off), and `ignore_eos` may be
 ignored. Such requests are failures with a message in `error`, not short successes, and
-`diagnose` turns them into run-level warnings.
+`diagnose` turns them into run-level warnings. `target.extra_body` is merged into every request:
+llama.cpp honours `logit_bias`, and a large negative bias on EOS does what ignore_eos does.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ async def _drive(res, target, specs, temperature, ignore_eos, concurrency, think
             res.max_concurrency = max(res.max_concurrency, in_flight)
             prompt = prompts[spec.index] if prompts is not None else spec.prompt_token_ids
             rec = await _one(client, target.model, spec, prompt, temperature, ignore_eos,
-                             res.t0, scheduled, tokenizer)
+                             res.t0, scheduled, tokenizer, target.extra_body)
             in_flight -= 1
             res.records.append(rec)
             if progress is not None:
@@ -163,10 +164,11 @@ async def _drive(res, target, specs, temperature, ignore_eos, concurrency, think
 
 
 async def _one(client: httpx.AsyncClient, model: str, spec: RequestSpec, prompt, temperature,
-               ignore_eos, t0: float, scheduled: float, tokenizer=None) -> dict:
+               ignore_eos, t0: float, scheduled: float, tokenizer=None,
+               extra_body: dict | None = None) -> dict:
     body = {"model": model, "prompt": prompt, "max_tokens": spec.max_tokens,
             "temperature": temperature, "stream": True, "ignore_eos": ignore_eos,
-            "seed": spec.index, "stream_options": {"include_usage": True}}
+            "seed": spec.index, "stream_options": {"include_usage": True}, **(extra_body or {})}
     times: list[float] = []
     pieces: list[str] = []
     usage, finish_reason, error, done = None, None, None, False

@@ -48,6 +48,10 @@ class HttpTarget(_Strict):
                                                     "dir): text prompts, re-counted outputs")
     vocab_size: int = Field(4096, ge=8, description="token ids are drawn below this")
     timeout_s: float = Field(120.0, gt=0)
+    extra_body: dict = Field(
+        default_factory=dict,
+        description="fields merged into every request body, e.g. llama.cpp's logit_bias "
+                    "{\"<eos id>\": -1e9}, which keeps EOS out where ignore_eos is ignored")
 
     @model_validator(mode="after")
     def _text_needs_tokenizer(self):
