@@ -13,9 +13,11 @@ own server process on 127.0.0.1, started and stopped in turn (rotated within eac
 Every server gets `--threads` threads in all. Each is driven by the workbench's HTTP driver
 (the scenario machinery, closed loop) at each stream count; output lengths are kept equal by
 keeping EOS out: the workbench honours ignore_eos, llama.cpp ignores it, so it gets a
-logit_bias of -1e9 on EOS. llama.cpp streams no usage, so its output tokens are its text
-re-tokenized: the table shows them per request. Prints output tokens/s, TTFT and TPOT medians
-(medians over repeats of each run's median) and the workbench/llama.cpp ratios per pair.
+logit_bias of -1e9 on EOS (and on the bare-byte tokens that stall its streams: see
+workbench.peers.llama_cpp_bias). llama.cpp streams no usage, so its output tokens are counted
+one per streamed chunk (it streams one per token); the table shows them per request. Prints
+output tokens/s, TTFT and TPOT medians (medians over repeats of each run's median) and the
+workbench/llama.cpp ratios per pair.
 Exits 0 with a message, measuring nothing, when llama-cpp-python is not installed.
 """
 
@@ -34,9 +36,9 @@ import httpx
 
 from workbench.peers import (
     LlamaCppPool,
+    llama_cpp_bias,
     llama_cpp_installed,
     llama_cpp_server,
-    no_eos_bias,
     workbench_server,
 )
 
@@ -58,9 +60,12 @@ def served_model_id(url: str) -> str:
 
 def scenario(url: str, model: str, tokenizer: str, extra_body: dict, streams: int,
              num_requests: int, prompt_tokens: int, output_tokens: int, seed: int) -> dict:
+    # llama.cpp streams no usage but one chunk per token (with llama_cpp_bias): counting chunks
+    # is exact where re-tokenizing its text is not; the workbench reports usage
     return {"name": "peers", "seed": seed,
             "target": {"kind": "http", "url": url, "model": model, "tokenizer": tokenizer,
-                       "extra_body": extra_body, "timeout_s": 900},
+                       "extra_body": extra_body, "output_tokens_from": "chunks",
+                       "timeout_s": 900},
             "arrival": {"kind": "closed_loop", "concurrency": streams},
             "prompt_tokens": {"dist": "fixed", "value": prompt_tokens},
             "output_tokens": {"dist": "fixed", "value": output_tokens},
@@ -73,14 +78,18 @@ def drive(url: str, c: Contestant, args, tokenizer, streams: int, num_requests: 
     from workbench.traffic.run_scenario import run_scenario
     from workbench.traffic.scenario import parse_scenario
 
-    extra = no_eos_bias(tokenizer) if c.kind == "llama.cpp" else {}
+    extra = llama_cpp_bias(tokenizer) if c.kind == "llama.cpp" else {}
     data = scenario(url, served_model_id(url), args.model, extra, streams, num_requests,
                     args.prompt_tokens, output_tokens, args.seed)
     notes: list[str] = []
-    run = load_run(run_scenario(parse_scenario(data), out, progress=False, log=notes.append))
+    # an hour at most: a one-request-at-a-time server takes streams x its single-stream time
+    run = load_run(run_scenario(parse_scenario(data), out, progress=False, log=notes.append,
+                                max_wall_s=3600))
     for n in notes:
         if n.startswith("warning"):
             print(f"  {c.label} @ {streams}: {n}", flush=True)
+    if run.manifest.get("stopped_by"):
+        print(f"  {c.label} @ {streams}: stopped by {run.manifest.get('stopped_by')}", flush=True)
     s = dict(run.manifest["summary"])
     done = run.requests[run.requests.finish_reason.isin(("stop", "length"))]
     s["out_per_request"] = float(done.output_tokens.mean()) if len(done) else float("nan")
@@ -149,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     import llama_cpp
 
     print(f"peers: {args.model}, {args.prompt_tokens} prompt + {args.output_tokens} output "
-          f"tokens, greedy, EOS kept out (workbench: ignore_eos; llama.cpp: logit_bias), closed "
-          f"loop at {args.streams} streams, {args.requests_per_stream} requests per stream, "
-          f"seed {args.seed}, {args.threads} threads per server, medians of {args.repeats} "
-          f"repeats (contestants rotated within each); llama-cpp-python "
+          "tokens, greedy, EOS kept out (workbench: ignore_eos; llama.cpp: logit_bias, also on "
+          f"bare bytes), closed loop at {args.streams} streams, {args.requests_per_stream} "
+          f"requests per stream, seed {args.seed}, {args.threads} threads per server, medians "
+          f"of {args.repeats} repeats (contestants rotated within each); llama-cpp-python "
           f"{llama_cpp.__version__}", flush=True)
     t_start = time.monotonic()
     for r in range(args.repeats):
