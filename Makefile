@@ -43,7 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_driver_lateness.py
 	$(BIN)/python benchmarks/bench_sim_fidelity.py
 
-# Peers: llama.cpp's OpenAI server (llama-cpp-python, compiled here: ~8 min on 2 cores) and
+# Peers: llama.cpp's OpenAI server (llama-cpp-python, compiled here: ~8 min on 2 idle cores) and
 # guidellm. guidellm requires torch unpinned; the constraints file holds torch at the installed
 # build, so pip can never swap in a CUDA torch of several GB.
 PEERS_STAMP := $(VENV)/.peers-installed

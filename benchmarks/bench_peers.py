@@ -11,13 +11,13 @@ own server process on 127.0.0.1, started and stopped in turn (rotated within eac
   time, and, since it has no parallel-slots setting (see workbench.peers), `--instances` copies
   sharing the threads behind a least-busy proxy: what it offers instead.
 Every server gets `--threads` threads in all. Each is driven by the workbench's HTTP driver
-(the scenario machinery, closed loop) at each stream count; output lengths are kept equal by
-keeping EOS out: the workbench honours ignore_eos, llama.cpp ignores it, so it gets a
-logit_bias of -1e9 on EOS (and on the bare-byte tokens that stall its streams: see
-workbench.peers.llama_cpp_bias). llama.cpp streams no usage, so its output tokens are counted
-one per streamed chunk (it streams one per token); the table shows them per request. Prints
-output tokens/s, TTFT and TPOT medians (medians over repeats of each run's median) and the
-workbench/llama.cpp ratios per pair.
+(the scenario machinery, closed loop) at each stream count. Output lengths are kept equal by
+keeping EOS out: the workbench honours ignore_eos; llama.cpp ignores it, so it gets a
+logit_bias of -1e9 on EOS (and on the tokens it cannot stream one chunk each: bare bytes,
+other specials, tokens over 32 bytes; see workbench.peers.llama_cpp_bias). llama.cpp streams
+no usage, so its output tokens are counted one per streamed chunk (one per token); the table
+shows them per request. Prints output tokens/s, TTFT and TPOT medians (medians over repeats of
+each run's median) and the workbench/llama.cpp ratios per pair.
 Exits 0 with a message, measuring nothing, when llama-cpp-python is not installed.
 """
 
@@ -159,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"peers: {args.model}, {args.prompt_tokens} prompt + {args.output_tokens} output "
           "tokens, greedy, EOS kept out (workbench: ignore_eos; llama.cpp: logit_bias, also on "
-          f"bare bytes), closed loop at {args.streams} streams, {args.requests_per_stream} "
-          f"requests per stream, seed {args.seed}, {args.threads} threads per server, medians "
-          f"of {args.repeats} repeats (contestants rotated within each); llama-cpp-python "
-          f"{llama_cpp.__version__}", flush=True)
+          f"tokens it streams badly), closed loop at {args.streams} streams, "
+          f"{args.requests_per_stream} requests per stream, seed {args.seed}, {args.threads} "
+          f"threads per server, medians of {args.repeats} repeats (contestants rotated within "
+          f"each); llama-cpp-python {llama_cpp.__version__}", flush=True)
     t_start = time.monotonic()
     for r in range(args.repeats):
         for c in field_list:
@@ -217,8 +217,9 @@ def print_tables(rows: list[dict], args) -> None:
                   f"{w['output_throughput'] / p['output_throughput']:>8.2f} "
                   f"{w['ttft_p50'] / p['ttft_p50']:>7.2f} {w['tpot_p50'] / p['tpot_p50']:>7.2f}")
     print("\nllama-cpp-python's server has no parallel-slots setting (one global lock around one "
-          "model; the C++ llama-server with --parallel is not part of the pip package): "
-          f"'x{args.instances}' is {args.instances} copies of it behind a proxy instead.")
+          "model; the C++ llama-server with --parallel is not part of the pip package)"
+          + (f": 'x{args.instances}' is {args.instances} copies of it behind a proxy instead."
+             if args.instances > 1 else "."))
 
 
 if __name__ == "__main__":

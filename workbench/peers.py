@@ -49,11 +49,18 @@ def llama_cpp_bias(tokenizer) -> dict:
     - tokens that are not UTF-8 on their own (the bare bytes 0x80-0xFF of a byte-level BPE):
       once one is generated and the next tokens do not complete a character, llama-cpp-python
       streams nothing more until the request ends (its streaming loop waits for decodable
-      text), which turns TTFT into the whole generation. An untrained model emits them.
-    llama-cpp-python applies the bias in Python per token: ~130 entries here, tens of
-    microseconds against a decode step of milliseconds."""
-    bad = [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
-    ids = sorted({tokenizer.eos_token_id, *bad})
+      text), which turns TTFT into the whole generation. An untrained model emits them;
+    - the other special tokens (pad, bos): they stream as empty text, so a chunk count would
+      miss them;
+    - tokens longer than 32 bytes (long runs of spaces or '#'): llama-cpp-python detokenizes
+      into a 32-byte buffer per token (`_internals.LlamaModel.detokenize`), so they vanish
+      from its output, streamed or not.
+    With these out, every generated token streams as one non-empty chunk. llama-cpp-python
+    applies the bias in Python per token: ~140 entries here, tens of microseconds against a
+    decode step of milliseconds."""
+    bad = [i for i in range(len(tokenizer))
+           if "\ufffd" in (t := tokenizer.decode([i])) or len(t.encode()) > 32]
+    ids = sorted({tokenizer.eos_token_id, *tokenizer.all_special_ids, *bad})
     return {"logit_bias": {str(i): -1e9 for i in ids}}
 
 
