@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: demo test lint bench lab setup browser clean
+.PHONY: demo test lint bench lab setup browser clean peers bench-peers
 
 setup: $(STAMP)
 
@@ -42,6 +42,22 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generation.py --repeats 3
 	$(BIN)/python benchmarks/bench_driver_lateness.py
 	$(BIN)/python benchmarks/bench_sim_fidelity.py
+
+# Peers: llama.cpp's OpenAI server (llama-cpp-python, compiled here: ~8 min on 2 idle cores) and
+# guidellm. guidellm requires torch unpinned; the constraints file holds torch at the installed
+# build, so pip can never swap in a CUDA torch of several GB.
+PEERS_STAMP := $(VENV)/.peers-installed
+
+$(PEERS_STAMP): $(STAMP)
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-pin.txt
+	$(BIN)/pip install --quiet -c $(VENV)/torch-pin.txt -e '.[dev,peers]'
+	touch $(PEERS_STAMP)
+
+peers: $(PEERS_STAMP)
+	WORKBENCH_CACHE=$(CURDIR)/.cache $(BIN)/python -m pytest -m peers
+
+bench-peers: $(PEERS_STAMP)
+	WORKBENCH_CACHE=$(CURDIR)/.cache $(BIN)/python benchmarks/bench_peers.py --repeats 3
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

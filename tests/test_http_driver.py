@@ -107,3 +107,22 @@ def test_token_prompts_a_server_refuses_are_failures_with_a_hint(tmp_path):
     assert r.requests.error.str.startswith("HTTP 500").all()
     assert r.manifest["summary"]["completed"] == 0
     assert any("prompt_format: text" in w for w in r.manifest["warnings"])
+
+
+def test_extra_body_fields_reach_the_server(tmp_path):
+    # how a benchmark keeps EOS out on llama.cpp, which ignores ignore_eos but honours logit_bias
+    with LlamaCppLikeServer() as srv:
+        run(scenario(srv.url, tokenizer="tiny", extra_body={"logit_bias": {"2": -1e9}}), tmp_path)
+    assert len(srv.bodies) == 6
+    assert all(b["logit_bias"] == {"2": -1e9} and b["ignore_eos"] for b in srv.bodies)
+
+
+def test_outputs_counted_one_token_per_chunk_when_the_scenario_says_so(tmp_path):
+    # re-tokenized text can miscount (BPE merges the pieces differently); a server that streams
+    # one chunk per token is counted exactly by its chunks
+    with LlamaCppLikeServer() as srv:
+        r = run(scenario(srv.url, tokenizer="tiny", output_tokens_from="chunks"), tmp_path)
+    assert (r.requests.output_tokens == 8).all()
+    assert (r.requests.output_tokens_source == "chunk per token").all()
+    assert r.manifest["target"]["output_token_count"] == "usage, else one token per streamed chunk"
+    assert not any("approximate" in w for w in r.manifest["warnings"])

@@ -3,7 +3,9 @@
 Timestamps are taken at the client: send, each streamed chunk that carries text, end.
 Output token counts, best first: the server's `usage` (stream_options.include_usage); the
 streamed text re-tokenized when a tokenizer is at hand; else the number of text chunks,
-marked approximate (`output_tokens_source` = "usage" | "retokenized" | "chunks").
+marked approximate (`output_tokens_source` = "usage" | "retokenized" | "chunks"). A target with
+`output_tokens_from: chunks` counts one token per text chunk instead of re-tokenizing
+("chunk per token"): exact where the server streams one chunk per token.
 `send_lateness` records how late each request left against its schedule: the driver's own
 overhead, which must stay small for the measurement to mean anything.
 
@@ -11,7 +13,8 @@ Foreign servers differ from this project's (see llama.cpp's server): token-id pr
 HTTP 500, so prompts go as text unless the server is a workbench server (`resolve_prompts`);
 a stream may end with `[DONE]` and no finish_reason (cut off), and `ignore_eos` may be
 ignored. Such requests are failures with a message in `error`, not short successes, and
-`diagnose` turns them into run-level warnings.
+`diagnose` turns them into run-level warnings. `target.extra_body` is merged into every request:
+llama.cpp honours `logit_bias`, and a large negative bias on EOS does what ignore_eos does.
 """
 
 from __future__ import annotations
@@ -88,8 +91,9 @@ def resolve_prompts(target, specs: list[RequestSpec], log=print):
     prompts = ([token_ids_to_text(s.prompt_token_ids, tokenizer) for s in specs]
                if fmt == "text" else None)
     info = {"prompt_format": fmt, "tokenizer": target.tokenizer, "server_owned_by": owner,
-            "output_token_count": "usage, else " + ("re-tokenized text" if tokenizer
-                                                   else "streamed chunks (approximate)")}
+            "output_token_count": "usage, else " + (
+                "one token per streamed chunk" if target.output_tokens_from == "chunks"
+                else "re-tokenized text" if tokenizer else "streamed chunks (approximate)")}
     return prompts, tokenizer, info
 
 
@@ -159,7 +163,8 @@ async def _drive(res, target, specs, temperature, ignore_eos, concurrency, think
             res.max_concurrency = max(res.max_concurrency, in_flight)
             prompt = prompts[spec.index] if prompts is not None else spec.prompt_token_ids
             rec = await _one(client, target.model, spec, prompt, temperature, ignore_eos,
-                             res.t0, scheduled, tokenizer)
+                             res.t0, scheduled, tokenizer, target.extra_body,
+                             target.output_tokens_from == "chunks")
             in_flight -= 1
             res.records.append(rec)
             if progress is not None:
@@ -196,10 +201,11 @@ async def _drive(res, target, specs, temperature, ignore_eos, concurrency, think
 
 
 async def _one(client: httpx.AsyncClient, model: str, spec: RequestSpec, prompt, temperature,
-               ignore_eos, t0: float, scheduled: float, tokenizer=None) -> dict:
+               ignore_eos, t0: float, scheduled: float, tokenizer=None,
+               extra_body: dict | None = None, count_chunks: bool = False) -> dict:
     body = {"model": model, "prompt": prompt, "max_tokens": spec.max_tokens,
             "temperature": temperature, "stream": True, "ignore_eos": ignore_eos,
-            "seed": spec.index, "stream_options": {"include_usage": True}}
+            "seed": spec.index, "stream_options": {"include_usage": True}, **(extra_body or {})}
     times: list[float] = []
     pieces: list[str] = []
     usage, finish_reason, error, done = None, None, None, False
@@ -239,7 +245,7 @@ async def _one(client: httpx.AsyncClient, model: str, spec: RequestSpec, prompt,
     except httpx.HTTPError as e:
         error = f"{type(e).__name__}: {e}"
     end = time.monotonic() - t0
-    n, source = _output_tokens(usage, "".join(pieces), tokenizer, len(times))
+    n, source = _output_tokens(usage, "".join(pieces), tokenizer, len(times), count_chunks)
     if error is None and finish_reason is None:
         error = CUT_OFF + (" (it ended with [DONE]: the server cut the request off)" if done
                            else " (the connection closed before [DONE])")
@@ -258,9 +264,12 @@ async def _one(client: httpx.AsyncClient, model: str, spec: RequestSpec, prompt,
     return rec
 
 
-def _output_tokens(usage, text: str, tokenizer, chunks: int) -> tuple[int, str]:
+def _output_tokens(usage, text: str, tokenizer, chunks: int,
+                   count_chunks: bool = False) -> tuple[int, str]:
     if usage and usage.get("completion_tokens") is not None:
         return int(usage["completion_tokens"]), "usage"
+    if count_chunks:  # chosen by the scenario: the server streams one chunk per token
+        return chunks, "chunk per token"
     if tokenizer is not None:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]), "retokenized"
     return chunks, "chunks"

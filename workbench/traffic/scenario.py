@@ -48,6 +48,16 @@ class HttpTarget(_Strict):
                                                     "dir): text prompts, re-counted outputs")
     vocab_size: int = Field(4096, ge=8, description="token ids are drawn below this")
     timeout_s: float = Field(120.0, gt=0)
+    output_tokens_from: Literal["auto", "chunks"] = Field(
+        "auto", description="auto: the server's usage, else the text re-tokenized (when a "
+                            "tokenizer is given), else text chunks (approximate); chunks: usage, "
+                            "else one token per streamed text chunk, exact for a server that "
+                            "streams one chunk per token (re-tokenized text is not: BPE merges "
+                            "concatenated pieces differently)")
+    extra_body: dict = Field(
+        default_factory=dict,
+        description="fields merged into every request body, e.g. llama.cpp's logit_bias "
+                    "{\"<eos id>\": -1e9}, which keeps EOS out where ignore_eos is ignored")
 
     @model_validator(mode="after")
     def _text_needs_tokenizer(self):
