@@ -209,3 +209,20 @@ def test_a_long_running_worker_keeps_a_bounded_telemetry_and_counts_every_preemp
     preempted = sum(o.metrics.preemptions for o in outs)
     assert preempted > 0, "the pool was not small enough to preempt"
     assert worker.stats.preemptions == preempted == eng.scheduler.num_preemptions
+
+
+def test_the_engine_thread_runs_with_the_torch_threads_set_where_the_server_was_built(
+        tiny_engine_factory, monkeypatch):
+    """OpenMP keeps the thread count per thread: a fresh thread ran matmuls on every core
+    after torch.set_num_threads(1) in the main thread (cpu/wall 1.96 vs 1.0), so two
+    `--replica-threads 1` replicas each took both cores. The engine thread sets it again."""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # what the server was built with
+    monkeypatch.setattr(torch, "set_num_threads",
+                        lambda n: calls.append((threading.current_thread().name, n)))
+    worker = EngineWorker(tiny_engine_factory())
+    worker.start()
+    worker.stop()
+    assert calls == [("engine", 3)]
