@@ -68,3 +68,21 @@ def scrape(url: str, headers: dict | None = None) -> dict[str, float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
             samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return samples
+
+
+def delta(after: dict, before: dict, name: str) -> float:
+    """How much the workbench:`name` sample grew between two scrapes."""
+    return after["workbench:" + name] - before.get("workbench:" + name, 0.0)
+
+
+def wait_for(url: str, ready, what: str, timeout_s: float = 60.0) -> dict[str, float]:
+    """Scrape until `ready(samples)` (bounded): the server counts an abort when its engine
+    thread has taken it, a moment after the client left."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples = scrape(url)
+        if ready(samples):
+            return samples
+        if time.monotonic() > deadline:
+            pytest.fail(f"/metrics never showed {what}: {samples}")
+        time.sleep(0.05)

@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from tests.server_helpers import scrape, start_server, stop_server
-from tests.test_server_openai import MESSAGES, wait_for
+from tests.server_helpers import scrape, start_server, stop_server, wait_for
+from tests.test_server_openai import MESSAGES
 from workbench.engine import SamplingParams
 from workbench.server.admission import Limits
 from workbench.server.app import create_app

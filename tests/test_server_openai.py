@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import time
 
 import httpx
 import openai
 import pytest
 
-from tests.server_helpers import scrape, start_server, stop_server
+from tests.server_helpers import delta, scrape, start_server, stop_server, wait_for
 from workbench.engine import SamplingParams
 from workbench.server.app import create_app
 from workbench.server.background import serve_in_thread
@@ -55,21 +54,6 @@ def greedy(engine, prompt: str, max_tokens: int):
     return out
 
 
-def delta(after: dict, before: dict, name: str) -> float:
-    return after[M + name] - before.get(M + name, 0.0)
-
-
-def wait_for(url: str, ready, what: str, timeout_s: float = 60.0) -> dict[str, float]:
-    """Scrape until `ready(samples)` (bounded): the server counts an abort when its engine
-    thread has taken it, a moment after the client left."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        samples = scrape(url)
-        if ready(samples):
-            return samples
-        if time.monotonic() > deadline:
-            pytest.fail(f"/metrics never showed {what}")
-        time.sleep(0.05)
 
 
 def test_completions_with_the_openai_client_equal_generate(client, model, engine):

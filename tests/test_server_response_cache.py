@@ -13,8 +13,8 @@ import openai
 import pytest
 from websockets.sync.client import connect
 
-from tests.server_helpers import scrape, start_server, stop_server
-from tests.test_server_openai import MESSAGES, delta, greedy, wait_for
+from tests.server_helpers import delta, scrape, start_server, stop_server, wait_for
+from tests.test_server_openai import MESSAGES, greedy
 from workbench.engine import SamplingParams
 from workbench.server.response_cache import ResponseCache, cache_key
 

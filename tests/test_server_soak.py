@@ -28,9 +28,8 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-import pytest
 
-from tests.server_helpers import scrape, start_server, stop_server
+from tests.server_helpers import delta, scrape, start_server, stop_server, wait_for
 
 CLIENTS = 64
 LEAVERS = CLIENTS // 4  # clients that leave each stream after a few chunks
@@ -187,19 +186,6 @@ async def load(url: str) -> Tally:
     return tally
 
 
-def delta(after: dict, before: dict, name: str) -> float:
-    return after[M + name] - before.get(M + name, 0.0)
-
-
-def wait_for(url: str, ready, what: str, timeout_s: float = 60.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        samples = scrape(url)
-        if ready(samples):
-            return samples
-        if time.monotonic() > deadline:
-            pytest.fail(f"/metrics never showed {what}: {samples}")
-        time.sleep(0.1)
 
 
 def test_64_streaming_clients_a_quarter_leaving_mid_stream(tiny_path):

@@ -12,8 +12,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.server_helpers import scrape, start_server, stop_server
-from tests.test_server_openai import MESSAGES, PROMPT, delta, greedy, wait_for
+from tests.server_helpers import delta, scrape, start_server, stop_server, wait_for
+from tests.test_server_openai import MESSAGES, PROMPT, greedy
 from workbench.server.chat import chat_prompt
 
 M = "workbench:"
