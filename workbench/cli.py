@@ -205,7 +205,7 @@ def serve(
     = None,
     max_request_bytes: Annotated[int | None, typer.Option(
         help="Largest request body in bytes; larger ones get a 413 before they are parsed "
-             "(default: 2 MB, as TGI).")] = None,
+             "(default: 2,000,000).")] = None,
     max_queued: Annotated[int | None, typer.Option(
         help="Requests that may wait (not yet running) before new ones get a 503 with "
              "Retry-After (default: unbounded).")] = None,

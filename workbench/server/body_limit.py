@@ -1,8 +1,8 @@
 """The request-size limit (`workbench serve --max-request-bytes`): a body larger than the limit
 is refused with an OpenAI-shaped 413 before anything parses it.
 
-The default, 2,000,000 bytes, is TGI's `--payload-limit` default (vLLM sets none): room for a
-prompt far beyond any context the engine serves, and no more. A declared Content-Length over
+The default, 2,000,000 bytes: room for a prompt far beyond any context the engine serves, and
+no more (vLLM sets no limit). A declared Content-Length over
 the limit is refused before a byte of the body is read; a chunked body (no length declared) is
 counted as it arrives and refused once it passes the limit, so neither can make the server
 hold more than the limit.
