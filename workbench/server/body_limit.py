@@ -2,10 +2,9 @@
 is refused with an OpenAI-shaped 413 before anything parses it.
 
 The default, 2,000,000 bytes: room for a prompt far beyond any context the engine serves, and
-no more (vLLM sets no limit). A declared Content-Length over
-the limit is refused before a byte of the body is read; a chunked body (no length declared) is
-counted as it arrives and refused once it passes the limit, so neither can make the server
-hold more than the limit.
+no more (vLLM sets no limit). A declared Content-Length over the limit is refused before a byte
+of the body is read; a chunked body (no length declared) is counted as it arrives and refused
+once it passes the limit, so neither can make the server hold more than the limit.
 
 ASGI middleware, like auth.py and for the same reason: it covers every route, and the request's
 `receive` channel keeps working after it. The body is read here in full (every route that has
