@@ -50,3 +50,19 @@ def literature_parameters():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(step_params, "fitted_sets", lambda: {"generic": LITERATURE_EFFICIENCY})
         yield LITERATURE_EFFICIENCY
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The official openai client on the module's `server` fixture (a base URL)."""
+    import openai
+
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="x", max_retries=0, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model(client) -> str:
+    """The one model the module's server lists."""
+    [served] = client.models.list().data
+    return served.id

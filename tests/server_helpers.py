@@ -75,14 +75,25 @@ def delta(after: dict, before: dict, name: str) -> float:
     return after["workbench:" + name] - before.get("workbench:" + name, 0.0)
 
 
-def wait_for(url: str, ready, what: str, timeout_s: float = 60.0) -> dict[str, float]:
-    """Scrape until `ready(samples)` (bounded): the server counts an abort when its engine
-    thread has taken it, a moment after the client left."""
+def wait_until(cond, what: str, timeout_s: float = 60.0):
+    """Poll `cond()` until it is truthy (its value is returned); a bounded wait, so something
+    that never happens fails the test (naming `what`) instead of hanging it."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        samples = scrape(url)
-        if ready(samples):
-            return samples
+    while not (value := cond()):
         if time.monotonic() > deadline:
-            pytest.fail(f"/metrics never showed {what}: {samples}")
+            pytest.fail(f"never: {what}")
         time.sleep(0.05)
+    return value
+
+
+def wait_for(url: str, ready, what: str, timeout_s: float = 60.0) -> dict[str, float]:
+    """Scrape /metrics until `ready(samples)` (bounded): the server counts an abort when its
+    engine thread has taken it, a moment after the client left."""
+    found = {}
+
+    def check():
+        found["samples"] = samples = scrape(url)
+        return ready(samples)
+
+    wait_until(check, f"/metrics showing {what}", timeout_s)
+    return found["samples"]

@@ -31,16 +31,6 @@ def server(tiny_path):
     stop_server(proc)
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=f"{server}/v1", api_key="x", max_retries=0, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model(client) -> str:
-    [served] = client.models.list().data
-    return served.id
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from tests.server_helpers import kill_server, scrape, start_server
+from tests.server_helpers import kill_server, scrape, start_server, wait_until
 from tests.test_server_openai import PROMPT
 
 LONG = {"prompt": PROMPT, "max_tokens": 1500, "ignore_eos": True, "temperature": 0}
@@ -40,10 +39,8 @@ def sse_stream(url: str, started: threading.Event, result: dict) -> None:
 
 def until_draining(url: str) -> None:
     """Wait (bounded) until the server has noticed the signal."""
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{url}/health", timeout=10).status_code != 503:
-        assert time.monotonic() < deadline, "the server never started draining"
-        time.sleep(0.02)
+    wait_until(lambda: httpx.get(f"{url}/health", timeout=10).status_code == 503,
+               "the server started draining")
 
 
 def exited(proc) -> tuple[int, bytes]:
@@ -104,10 +101,8 @@ def test_at_the_deadline_running_requests_are_ended_cleanly(tiny_path):
             ws.send(json.dumps(LONG))
             ws_messages = [json.loads(ws.recv(timeout=120))]
             assert sse_started.wait(120)
-            deadline = time.monotonic() + 120  # all three in the engine before the signal
-            while scrape(url)["workbench:num_requests_running"] < 3:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            wait_until(lambda: scrape(url)["workbench:num_requests_running"] >= 3,
+                       "all three requests in the engine before the signal", 120)
             proc.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed):
                 while True:
