@@ -11,14 +11,20 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.server_helpers import free_port, kill_server, scrape, start_server, stop_server
+from tests.server_helpers import (
+    free_port,
+    kill_server,
+    scrape,
+    start_server,
+    stop_server,
+    wait_until,
+)
 from workbench.engine import SamplingParams
 from workbench.server.chat import chat_prompt
 from workbench.server.router import parse_rules
@@ -49,14 +55,6 @@ def alive(pid: int) -> bool:
         return False
     return state != "Z"
 
-
-def wait_until(cond, what: str, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"never: {what}")
-        time.sleep(0.05)
-    return value
 
 
 def gateway(lb: str, *args: str, env: dict | None = None):
@@ -399,3 +397,18 @@ def test_admission_limits_apply_behind_the_gateway():
             assert s.status == 200 and s.lines[-1] == "data: [DONE]"
     finally:
         stop_server(proc)
+
+
+def test_max_output_tokens_follows_what_the_server_will_generate():
+    """A completion without max_tokens asks for 16 (OpenAI's default); a chat without one runs
+    to the end of the context, so it never counts as short."""
+    from workbench.server.router import Router
+
+    rules = parse_rules([{"model": "small", "name": "short", "when": {"max_output_tokens": 32}},
+                         {"model": "tiny"}], ["tiny", "small"])
+    router = Router(rules, "tiny", {})
+    assert router.decide({"prompt": [1, 2]}).rule == "short"
+    assert router.decide({"prompt": [1, 2], "max_tokens": 33}).rule == "default"
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert router.decide(chat).rule == "default"
+    assert router.decide({**chat, "max_completion_tokens": 8}).rule == "short"

@@ -13,7 +13,9 @@ conditions all hold picks the model, and a rule without `when` always matches (t
   model's tokenizer, loaded once at start (cheap for the embedded models). A model without a
   tokenizer takes only token ids, so its text length is unknown and the rule does not match.
 - max_output_tokens: the request asks for at most this many tokens (max_tokens, or
-  max_completion_tokens in chat; absent counts as protocol.DEFAULT_MAX_TOKENS).
+  max_completion_tokens in chat). Absent: a completion's default (protocol.DEFAULT_MAX_TOKENS);
+  a chat without one runs to the end of the context (as the server serves it), so it never
+  matches this condition.
 
 A request naming no model that no rule matches goes to the first served model, recorded as
 rule "none". Every choice is returned in the `x-workbench-routed-to` / `x-workbench-route-rule`
@@ -108,7 +110,9 @@ class Router:
     def decide(self, body: dict) -> Decision:
         lengths: dict[str, int | None] = {}  # prompt tokens by model, computed at most once
         for rule in self.rules:
-            if rule.max_output_tokens is not None and _output_limit(body) > rule.max_output_tokens:
+            if rule.max_output_tokens is not None and not (
+                    (limit := _output_limit(body)) is not None
+                    and limit <= rule.max_output_tokens):
                 continue
             if rule.max_prompt_tokens is not None:
                 if rule.model not in lengths:
@@ -138,12 +142,14 @@ class Router:
         return len(tok(prompt, add_special_tokens=False)["input_ids"])
 
 
-def _output_limit(body: dict) -> int:
+def _output_limit(body: dict) -> int | None:
+    """The tokens the request may generate; None: up to the end of the context (a chat that
+    names no length, see protocol.SamplingRequest)."""
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    return DEFAULT_MAX_TOKENS
+    return None if "messages" in body else DEFAULT_MAX_TOKENS
 
 
 def load_tokenizers(models: dict[str, str]) -> dict:
