@@ -174,6 +174,15 @@ class _Metrics:
                 self.routed.labels(pool.model, rep.label())
 
 
+_REPLICA_GAUGES = (  # (key, name, help) of the per-replica gauges on the gateway's /metrics
+    ("outstanding", "lb_outstanding", "Requests routed to the replica, not yet ended."),
+    ("healthy", "lb_replica_healthy", "1 while the replica answers its health poll."),
+    ("running", "num_requests_running", "Requests in the replica's running batch (polled)."),
+    ("waiting", "num_requests_waiting", "Requests waiting in the replica (polled)."),
+    ("kv", "kv_cache_usage_perc", "Share of the replica's KV blocks in use (polled)."),
+)
+
+
 class _ReplicaCollector:
     """Each replica's engine gauges as last polled, and the gateway's own view of it."""
 
@@ -181,23 +190,8 @@ class _ReplicaCollector:
         self.pools = pools
 
     def collect(self):
-        fams = {
-            "outstanding": GaugeMetricFamily(f"{PREFIX}lb_outstanding",
-                                             "Requests routed to the replica, not yet ended.",
-                                             labels=["model", "replica"]),
-            "healthy": GaugeMetricFamily(f"{PREFIX}lb_replica_healthy",
-                                         "1 while the replica answers its health poll.",
-                                         labels=["model", "replica"]),
-            "running": GaugeMetricFamily(f"{PREFIX}num_requests_running",
-                                         "Requests in the replica's running batch (polled).",
-                                         labels=["model", "replica"]),
-            "waiting": GaugeMetricFamily(f"{PREFIX}num_requests_waiting",
-                                         "Requests waiting in the replica (polled).",
-                                         labels=["model", "replica"]),
-            "kv": GaugeMetricFamily(f"{PREFIX}kv_cache_usage_perc",
-                                    "Share of the replica's KV blocks in use (polled).",
-                                    labels=["model", "replica"]),
-        }
+        fams = {key: GaugeMetricFamily(PREFIX + name, doc, labels=["model", "replica"])
+                for key, name, doc in _REPLICA_GAUGES}
         ended = CounterMetricFamily(f"{PREFIX}request_success",
                                     "Requests that ended in the replica, by finish reason "
                                     "(polled).", labels=["model", "replica", "finished_reason"])
